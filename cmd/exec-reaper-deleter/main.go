@@ -1,0 +1,70 @@
+// Command exec-reaper-deleter evicts every pod exec-reaper recorded at the
+// pod's deadline, through the Eviction API, bound to the pod's UID.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/exec-reaper/exec-reaper/deleter"
+)
+
+func main() {
+	var cfg deleter.Config
+	var kubeconfig string
+	fs := flag.NewFlagSet(os.Args[0], flag.ExitOnError)
+	klog.InitFlags(fs)
+	fs.StringVar(&kubeconfig, "kubeconfig", "", "Path to a kubeconfig; empty means in-cluster.")
+	fs.StringVar(&cfg.ProbeAddr, "probe-addr", ":8081", "Plain-HTTP address for /livez, /readyz and /metrics.")
+	fs.BoolVar(&cfg.DryRun, "dry-run", false, "Emit an Event instead of evicting.")
+	fs.IntVar(&cfg.Workers, "workers", 0, "Pods evicted in parallel (default 2).")
+	fs.DurationVar(&cfg.RetryBaseDelay, "retry-base-delay", 0, "First delay after a refused or failed eviction (default 1s).")
+	fs.DurationVar(&cfg.RetryMaxDelay, "retry-max-delay", 0, "Longest delay between retries; also how late an eviction can be once its PodDisruptionBudget allows it (default 10s).")
+	fs.IntVar(&cfg.MaxRetries, "max-retries", 0, "Retries for evictions failing for reasons other than a PodDisruptionBudget, before waiting for the next resync (default 15).")
+	fs.DurationVar(&cfg.Resync, "resync", 0, "How often every recorded pod is looked at again (default 10m).")
+	fs.BoolVar(&cfg.LeaderElection, "leader-elect", true, "Elect a leader among replicas through a Lease; only the leader evicts.")
+	fs.StringVar(&cfg.LeaseNamespace, "lease-namespace", os.Getenv("POD_NAMESPACE"), "Namespace of the Lease (default $POD_NAMESPACE).")
+	fs.StringVar(&cfg.LeaseName, "lease-name", "exec-reaper-deleter", "Name of the Lease.")
+	fs.StringVar(&cfg.Identity, "identity", os.Getenv("POD_NAME"), "This replica's name in the Lease (default $POD_NAME, else the host name).")
+	fs.DurationVar(&cfg.LeaseDuration, "lease-duration", 0, "Leader election lease duration (default 15s).")
+	fs.DurationVar(&cfg.RenewDeadline, "renew-deadline", 0, "Leader election renew deadline (default 10s).")
+	fs.DurationVar(&cfg.RetryPeriod, "retry-period", 0, "Leader election retry period (default 2s).")
+	_ = fs.Parse(os.Args[1:])
+	if cfg.Identity == "" {
+		cfg.Identity, _ = os.Hostname()
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, kubeconfig); err != nil {
+		fmt.Fprintln(os.Stderr, "exec-reaper-deleter:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg deleter.Config, kubeconfig string) error {
+	restCfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	restCfg.UserAgent = "exec-reaper-deleter"
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ctx = klog.NewContext(ctx, klog.Background().WithName("deleter"))
+	return deleter.Run(ctx, cfg, client, clock.RealClock{}, reg)
+}

@@ -1,0 +1,64 @@
+// Command exec-reaper-provider is exec-reaper's Gatekeeper external-data
+// provider: it records on each pod that someone entered who, when, how, and
+// the deadline after which the pod must go.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/exec-reaper/exec-reaper/provider"
+)
+
+func main() {
+	var cfg provider.Config
+	var kubeconfig string
+	fs := flag.NewFlagSet(os.Args[0], flag.ExitOnError)
+	klog.InitFlags(fs)
+	fs.StringVar(&kubeconfig, "kubeconfig", "", "Path to a kubeconfig; empty means in-cluster.")
+	fs.StringVar(&cfg.Addr, "addr", ":8443", "HTTPS address Gatekeeper calls.")
+	fs.StringVar(&cfg.ProbeAddr, "probe-addr", ":8081", "Plain-HTTP address for /livez, /readyz and /metrics.")
+	fs.StringVar(&cfg.CertFile, "tls-cert-file", "/certs/tls.crt", "Serving certificate (PEM), reloaded when it changes.")
+	fs.StringVar(&cfg.KeyFile, "tls-key-file", "/certs/tls.key", "Serving key (PEM), reloaded when it changes.")
+	fs.StringVar(&cfg.ClientCAFile, "client-ca-file", "/client-ca/ca.crt", "CA that signs Gatekeeper's client certificate (PEM), reloaded when it changes.")
+	fs.DurationVar(&cfg.CertReloadInterval, "cert-reload-interval", 0, "How often to check the certificate files for change (default 10s).")
+	fs.DurationVar(&cfg.RecordTimeout, "record-timeout", 0, "Time allowed to record one request; keep below the Provider's spec.timeout (default 1.5s).")
+	fs.IntVar(&cfg.EventQueue, "event-queue", 0, "Events that may wait to be written before new ones are dropped (default 1024).")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 0, "Time allowed for in-flight requests on shutdown (default 10s).")
+	_ = fs.Parse(os.Args[1:])
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, kubeconfig); err != nil {
+		fmt.Fprintln(os.Stderr, "exec-reaper-provider:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg provider.Config, kubeconfig string) error {
+	restCfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	restCfg.UserAgent = "exec-reaper-provider"
+	// The admission path waits on this client: allow bursts of execs.
+	restCfg.QPS, restCfg.Burst = 100, 200
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ctx = klog.NewContext(ctx, klog.Background().WithName("provider"))
+	return provider.Run(ctx, cfg, client, reg)
+}

@@ -1,0 +1,315 @@
+// Package deleter is exec-reaper's controller: it evicts every recorded pod at
+// its deadline, through the Eviction API so that PodDisruptionBudgets hold,
+// and only the pod the record was written on.
+package deleter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/exec-reaper/exec-reaper/record"
+)
+
+// Event reasons the deleter emits on pods.
+const (
+	ReasonEvicted         = "ExecReaperEvicted"
+	ReasonEvictionRefused = "ExecReaperEvictionRefused"
+	ReasonWouldEvict      = "ExecReaperWouldEvict"
+	ReasonInvalidRecord   = "ExecReaperInvalidRecord"
+)
+
+// evictTimeout bounds one Eviction call, so a slow API server cannot hold a
+// worker forever.
+const evictTimeout = 30 * time.Second
+
+// errRefused marks an eviction the API server refused to protect a
+// PodDisruptionBudget: retried with backoff for as long as it takes.
+var errRefused = errors.New("eviction refused")
+
+// Options tune the controller. Zero fields take the defaults in Default.
+type Options struct {
+	// DryRun emits an Event instead of evicting.
+	DryRun bool
+	// Workers is the number of pods evicted in parallel.
+	Workers int
+	// RetryBaseDelay and RetryMaxDelay bound the exponential backoff after a
+	// refused or failed eviction. The maximum is also the longest a pod
+	// outlives the moment its PodDisruptionBudget allows the eviction.
+	RetryBaseDelay, RetryMaxDelay time.Duration
+	// MaxRetries bounds retries of evictions that failed for reasons other than
+	// a PodDisruptionBudget; the informer's resync brings the pod back later.
+	MaxRetries int
+}
+
+// Default fills unset fields.
+func (o *Options) Default() {
+	if o.Workers == 0 {
+		o.Workers = 2
+	}
+	if o.RetryBaseDelay == 0 {
+		o.RetryBaseDelay = time.Second
+	}
+	if o.RetryMaxDelay == 0 {
+		o.RetryMaxDelay = 10 * time.Second
+	}
+	if o.MaxRetries == 0 {
+		o.MaxRetries = 15
+	}
+}
+
+// Controller evicts recorded pods at their deadlines.
+type Controller struct {
+	client   kubernetes.Interface
+	pods     corelisters.PodLister
+	synced   cache.InformerSynced
+	queue    workqueue.TypedRateLimitingInterface[cache.ObjectName]
+	clock    clock.Clock
+	recorder events.EventRecorder
+	opts     Options
+
+	// announced remembers pods already reported in dry-run mode, so a resync
+	// does not report them again.
+	announced sync.Map // types.UID → struct{}
+}
+
+// NewController returns a controller fed by informer, which must list only
+// recorded pods (see ListOptions).
+func NewController(client kubernetes.Interface, informer coreinformers.PodInformer, clk clock.WithTicker,
+	recorder events.EventRecorder, opts Options) (*Controller, error) {
+	opts.Default()
+	c := &Controller{
+		client: client,
+		pods:   informer.Lister(),
+		synced: informer.Informer().HasSynced,
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[cache.ObjectName](opts.RetryBaseDelay, opts.RetryMaxDelay),
+			workqueue.TypedRateLimitingQueueConfig[cache.ObjectName]{Name: "exec-reaper-deleter", Clock: clk},
+		),
+		clock:    clk,
+		recorder: recorder,
+		opts:     opts,
+	}
+	_, err := informer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    c.enqueue,
+		UpdateFunc: func(_, obj any) { c.enqueue(obj) },
+		// A deleted pod needs nothing; a queued key for it resolves to not found.
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ListOptions filters the informer server-side to recorded pods, so the
+// deleter never caches the rest of the cluster.
+func ListOptions(o *metav1.ListOptions) { o.LabelSelector = record.DeadlineLabel }
+
+// StripPod is an informer transform that keeps only what the deleter reads,
+// to keep the cache small.
+func StripPod(obj any) (any, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Pod{
+		TypeMeta: pod.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name:              pod.Name,
+			Namespace:         pod.Namespace,
+			UID:               pod.UID,
+			ResourceVersion:   pod.ResourceVersion,
+			Labels:            pod.Labels,
+			Annotations:       pod.Annotations,
+			DeletionTimestamp: pod.DeletionTimestamp,
+		},
+	}, nil
+}
+
+func (c *Controller) enqueue(obj any) {
+	key, err := cache.ObjectToName(obj)
+	if err != nil {
+		utilruntime.HandleError(err)
+		return
+	}
+	c.queue.Add(key)
+}
+
+// Run processes the queue until ctx is done, then waits for its workers.
+func (c *Controller) Run(ctx context.Context) error {
+	defer utilruntime.HandleCrash()
+	log := klog.FromContext(ctx)
+	if !cache.WaitForNamedCacheSync("exec-reaper-deleter", ctx.Done(), c.synced) {
+		c.queue.ShutDown()
+		return ctx.Err()
+	}
+	log.Info("Started", "workers", c.opts.Workers, "dryRun", c.opts.DryRun)
+	var wg sync.WaitGroup
+	for range c.opts.Workers {
+		wg.Go(func() { wait.UntilWithContext(ctx, c.work, time.Second) })
+	}
+	<-ctx.Done()
+	c.queue.ShutDown()
+	wg.Wait()
+	log.Info("Stopped")
+	return nil
+}
+
+func (c *Controller) work(ctx context.Context) {
+	for c.next(ctx) {
+	}
+}
+
+// next handles one key: Get, defer Done, then Forget, AddAfter or
+// AddRateLimited.
+func (c *Controller) next(ctx context.Context) bool {
+	key, shutdown := c.queue.Get()
+	if shutdown {
+		return false
+	}
+	defer c.queue.Done(key)
+	log := klog.FromContext(ctx).WithValues("pod", key.String())
+	wait, err := c.sync(klog.NewContext(ctx, log), key)
+	switch {
+	case err == nil:
+		c.queue.Forget(key)
+		if wait > 0 {
+			c.queue.AddAfter(key, wait)
+		}
+	case errors.Is(err, errRefused):
+		// A PodDisruptionBudget holds the pod: retry for as long as it does.
+		log.V(1).Info("Eviction refused; will retry", "err", err)
+		c.queue.AddRateLimited(key)
+	case c.queue.NumRequeues(key) < c.opts.MaxRetries:
+		log.Error(err, "Evicting; will retry")
+		c.queue.AddRateLimited(key)
+	default:
+		log.Error(err, "Evicting; giving up until the next resync", "retries", c.opts.MaxRetries)
+		dropsTotal.Inc()
+		c.queue.Forget(key)
+	}
+	return true
+}
+
+// sync acts on one pod: it returns how long to wait if the deadline is still
+// ahead, nil when nothing more is to be done, or an error to retry.
+func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (time.Duration, error) {
+	log := klog.FromContext(ctx)
+	pod, err := c.pods.Pods(key.Namespace).Get(key.Name)
+	if apierrors.IsNotFound(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	if pod.DeletionTimestamp != nil {
+		return 0, nil // already going
+	}
+	deadline, uid, err := record.Binding(pod.Labels, pod.Annotations)
+	switch {
+	case errors.Is(err, record.ErrNoRecord):
+		return 0, nil // the record was removed
+	case err != nil:
+		// A damaged record is final until someone fixes it; an update brings
+		// the pod back.
+		log.Info("Ignoring invalid record", "err", err)
+		c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonInvalidRecord, "Evict", "exec-reaper cannot act on this pod: %v", err)
+		return 0, nil
+	case uid != pod.UID:
+		// The record was written on another pod of the same name (or copied
+		// from one): not this pod's.
+		log.V(1).Info("Record belongs to another pod", "recordUID", uid, "podUID", pod.UID)
+		evictionsTotal.WithLabelValues("other_pod").Inc()
+		return 0, nil
+	}
+	if left := deadline.Sub(c.clock.Now()); left > 0 {
+		log.V(2).Info("Waiting for deadline", "deadline", deadline, "in", left)
+		return left, nil
+	}
+	return 0, c.evict(ctx, pod, uid, deadline)
+}
+
+// evict evicts pod, bound to uid. Refusals by a PodDisruptionBudget return
+// errRefused; a pod that is gone or was replaced is done.
+func (c *Controller) evict(ctx context.Context, pod *corev1.Pod, uid types.UID, deadline time.Time) error {
+	log := klog.FromContext(ctx)
+	if c.opts.DryRun {
+		if _, seen := c.announced.LoadOrStore(uid, struct{}{}); !seen {
+			evictionsTotal.WithLabelValues("dry_run").Inc()
+			c.recorder.Eventf(pod, nil, corev1.EventTypeNormal, ReasonWouldEvict, "Evict",
+				"exec-reaper would evict this pod now (deadline %s); dry-run mode is on", deadline.UTC().Format(time.RFC3339))
+			log.Info("Would evict (dry run)", "deadline", deadline)
+		}
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, evictTimeout)
+	defer cancel()
+	err := c.client.PolicyV1().Evictions(pod.Namespace).Evict(ctx, &policyv1.Eviction{
+		ObjectMeta:    metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace},
+		DeleteOptions: &metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}},
+	})
+	switch {
+	case err == nil:
+		lag := c.clock.Since(deadline)
+		evictionsTotal.WithLabelValues("evicted").Inc()
+		evictionLag.Observe(lag.Seconds())
+		c.recorder.Eventf(pod, nil, corev1.EventTypeNormal, ReasonEvicted, "Evict",
+			"exec-reaper evicted this pod: someone entered it and its deadline %s passed", deadline.UTC().Format(time.RFC3339))
+		log.Info("Evicted", "deadline", deadline, "lag", lag)
+		return nil
+	case apierrors.IsNotFound(err):
+		evictionsTotal.WithLabelValues("gone").Inc()
+		return nil
+	case apierrors.IsConflict(err):
+		// The UID precondition failed: the pod was replaced by another of the
+		// same name, which no one entered.
+		evictionsTotal.WithLabelValues("other_pod").Inc()
+		return nil
+	case apierrors.IsTooManyRequests(err):
+		evictionsTotal.WithLabelValues("refused").Inc()
+		why := refusal(err)
+		c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonEvictionRefused, "Evict",
+			"exec-reaper's eviction was refused and will be retried: %s", why)
+		return fmt.Errorf("%w: %s", errRefused, why)
+	}
+	evictionsTotal.WithLabelValues("error").Inc()
+	return fmt.Errorf("evicting %s/%s: %w", pod.Namespace, pod.Name, err)
+}
+
+// refusal says why an eviction was refused, with the PodDisruptionBudget's
+// own explanation when the API server gives one.
+func refusal(err error) string {
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) {
+		return err.Error()
+	}
+	s := status.Status()
+	parts := []string{s.Message}
+	if s.Details != nil {
+		for _, cause := range s.Details.Causes {
+			if cause.Message != "" {
+				parts = append(parts, cause.Message)
+			}
+		}
+	}
+	return strings.Join(parts, " ")
+}

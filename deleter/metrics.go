@@ -1,0 +1,36 @@
+package deleter
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/labels"
+	corelisters "k8s.io/client-go/listers/core/v1"
+)
+
+var (
+	evictionsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "exec_reaper_deleter_evictions_total",
+		Help: "Eviction attempts by result: evicted, refused (PodDisruptionBudget), gone, other_pod, dry_run, error.",
+	}, []string{"result"})
+	evictionLag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "exec_reaper_deleter_eviction_lag_seconds",
+		Help:    "Time from a pod's deadline to its eviction.",
+		Buckets: []float64{.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 1800},
+	})
+	dropsTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "exec_reaper_deleter_dropped_total",
+		Help: "Pods given up on after repeated errors, until the next resync.",
+	})
+)
+
+// Register adds the deleter's metrics to reg, including a gauge of the
+// recorded pods in pods' cache.
+func Register(reg prometheus.Registerer, pods corelisters.PodLister) {
+	reg.MustRegister(evictionsTotal, evictionLag, dropsTotal,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "exec_reaper_deleter_recorded_pods",
+			Help: "Pods that carry an exec-reaper record and still exist.",
+		}, func() float64 {
+			list, _ := pods.List(labels.Everything()) // a cache read; never fails.
+			return float64(len(list))
+		}))
+}

@@ -1,0 +1,33 @@
+package provider
+
+import "github.com/prometheus/client_golang/prometheus"
+
+var (
+	requestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "exec_reaper_provider_request_duration_seconds",
+		Help:    "Time to answer one external-data request, by result (ok, item_error, system_error).",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"result"})
+	recordDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "exec_reaper_provider_record_duration_seconds",
+		Help:    "Time to record one entry on its pod (GET and PATCH).",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	})
+	recordsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "exec_reaper_provider_records_total",
+		Help: "Keys handled, by outcome: first, added, repeat, invalid, error.",
+	}, []string{"outcome"})
+	eventsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "exec_reaper_provider_events_total",
+		Help: "Events about entries, by result: created, duplicate, failed, dropped (queue full).",
+	}, []string{"result"})
+	certReloadsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "exec_reaper_provider_cert_reloads_total",
+		Help: "Reloads of the serving certificate and client CA, by result.",
+	}, []string{"result"})
+)
+
+// Register adds the provider's metrics to reg.
+func Register(reg prometheus.Registerer) {
+	reg.MustRegister(requestDuration, recordDuration, recordsTotal, eventsTotal, certReloadsTotal)
+}

@@ -1,0 +1,255 @@
+// Package record is the contract between exec-reaper's provider, which writes a
+// record on every pod that someone entered, and its deleter, which evicts that
+// pod at the record's deadline.
+//
+// The record lives on the pod itself, so it is durable, visible with kubectl,
+// bound to that pod and gone with it:
+//
+//	labels:
+//	  exec-reaper.io/deadline: "1795000000"              # Unix seconds; the deleter selects on it
+//	annotations:
+//	  exec-reaper.io/deadline: "2026-11-26T10:45:00Z"    # the same instant, for people
+//	  exec-reaper.io/pod-uid: "6f0c…"                     # the pod the record is bound to
+//	  exec-reaper.io/entries: "2"                        # distinct entries so far
+//	  exec-reaper.io/first-entry: '{"user":"alice@example.com",…}'
+//	  exec-reaper.io/last-entry: '{"user":"bob",…}'
+//
+// Usernames, groups and commands can hold any character, so they live only in
+// annotations. The label is authoritative for the deleter; the annotations
+// explain it.
+package record
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Prefix is the common prefix of every label and annotation key exec-reaper owns.
+const Prefix = "exec-reaper.io/"
+
+const (
+	// DeadlineLabel holds the deadline as decimal Unix seconds. The deleter's
+	// informer selects on its existence, so unrecorded pods are never cached.
+	DeadlineLabel = Prefix + "deadline"
+	// DeadlineAnnotation holds the deadline in RFC 3339, for people.
+	DeadlineAnnotation = Prefix + "deadline"
+	// PodUIDAnnotation holds the UID of the pod the record was written on. The
+	// deleter evicts with this UID as a precondition, so a pod recreated under the
+	// same name is never evicted for its predecessor's entry.
+	PodUIDAnnotation = Prefix + "pod-uid"
+	// EntriesAnnotation counts distinct entries, in decimal.
+	EntriesAnnotation = Prefix + "entries"
+	// FirstEntryAnnotation is the JSON of the entry that set the deadline first.
+	FirstEntryAnnotation = Prefix + "first-entry"
+	// LastEntryAnnotation is the JSON of the most recent distinct entry.
+	LastEntryAnnotation = Prefix + "last-entry"
+)
+
+// RepeatWindow is how close two identical entries must be to count as one.
+// A single `kubectl exec` can reach admission twice (a WebSocket attempt, then
+// the SPDY fallback), each with its own request UID; both must yield one entry
+// and one Event.
+const RepeatWindow = 30 * time.Second
+
+// Operation is how someone entered a pod.
+type Operation string
+
+// The operations exec-reaper records.
+const (
+	OpExec        Operation = "exec"
+	OpAttach      Operation = "attach"
+	OpDebug       Operation = "debug"
+	OpPortForward Operation = "portforward"
+)
+
+// Valid reports whether o is one of the known operations.
+func (o Operation) Valid() bool {
+	switch o {
+	case OpExec, OpAttach, OpDebug, OpPortForward:
+		return true
+	}
+	return false
+}
+
+// Entry is one person's way into a pod.
+type Entry struct {
+	// User is the Kubernetes username of whoever entered.
+	User string `json:"user"`
+	// Groups are that user's groups at the time.
+	Groups []string `json:"groups,omitempty"`
+	// Time is when the admission request was recorded, to the second.
+	Time time.Time `json:"time"`
+	// Operation is how they entered.
+	Operation Operation `json:"operation"`
+	// Container is the target container; empty when the client left the choice
+	// to the API server (the default container).
+	Container string `json:"container,omitempty"`
+	// Command is the command of an exec or of a debug container.
+	Command []string `json:"command,omitempty"`
+	// RequestUID is the AdmissionRequest UID that carried the entry.
+	RequestUID string `json:"requestUID"`
+}
+
+// sameAs reports whether e and o describe the same act: the same person doing
+// the same thing to the same container, close enough in time to be one kubectl
+// invocation reaching admission more than once.
+func (e Entry) sameAs(o Entry) bool {
+	d := e.Time.Sub(o.Time)
+	if d < 0 {
+		d = -d
+	}
+	return e.User == o.User && e.Operation == o.Operation && e.Container == o.Container &&
+		slices.Equal(e.Command, o.Command) && d <= RepeatWindow
+}
+
+// Record is the state exec-reaper keeps on a pod.
+type Record struct {
+	// Deadline is when the pod must go.
+	Deadline time.Time
+	// PodUID is the UID of the pod the record belongs to.
+	PodUID types.UID
+	// Entries counts distinct entries.
+	Entries int
+	// First is the entry that first set a deadline.
+	First Entry
+	// Last is the most recent distinct entry.
+	Last Entry
+}
+
+// Outcome says what an entry changed.
+type Outcome string
+
+const (
+	// OutcomeFirst means the pod had no record: this entry set the deadline.
+	OutcomeFirst Outcome = "first"
+	// OutcomeAdded means a further, distinct entry into an already recorded pod.
+	OutcomeAdded Outcome = "added"
+	// OutcomeRepeat means the entry repeats the last one (the same kubectl call
+	// reaching admission again); nothing changes and no Event is due.
+	OutcomeRepeat Outcome = "repeat"
+)
+
+// ErrNoRecord is returned by Read for a pod that carries no record.
+var ErrNoRecord = errors.New("no exec-reaper record")
+
+// Read decodes the record on a pod from its labels and annotations. A pod
+// without the deadline label has no record (ErrNoRecord); any other defect is
+// an error that says which key is wrong.
+func Read(labels, annotations map[string]string) (Record, error) {
+	deadline, uid, err := Binding(labels, annotations)
+	r := Record{Deadline: deadline, PodUID: uid}
+	if err != nil {
+		return r, err
+	}
+	if n, err := strconv.Atoi(annotations[EntriesAnnotation]); err == nil && n > 0 {
+		r.Entries = n
+	}
+	if err := decodeEntry(annotations, FirstEntryAnnotation, &r.First); err != nil {
+		return r, err
+	}
+	if err := decodeEntry(annotations, LastEntryAnnotation, &r.Last); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+func decodeEntry(annotations map[string]string, key string, e *Entry) error {
+	s, ok := annotations[key]
+	if !ok {
+		return fmt.Errorf("annotation %s is missing", key)
+	}
+	if err := json.Unmarshal([]byte(s), e); err != nil {
+		return fmt.Errorf("annotation %s: %w", key, err)
+	}
+	return nil
+}
+
+// Binding returns what the deleter needs of a record: the deadline and the UID
+// of the pod it is bound to. Unlike Read it ignores the descriptive
+// annotations, so a damaged entry never stops an eviction that is due.
+func Binding(labels, annotations map[string]string) (time.Time, types.UID, error) {
+	v, ok := labels[DeadlineLabel]
+	if !ok {
+		return time.Time{}, "", ErrNoRecord
+	}
+	deadline, err := ParseDeadline(v)
+	if err != nil {
+		return time.Time{}, "", err
+	}
+	uid := types.UID(annotations[PodUIDAnnotation])
+	if uid == "" {
+		return deadline, "", fmt.Errorf("annotation %s is missing", PodUIDAnnotation)
+	}
+	return deadline, uid, nil
+}
+
+// ParseDeadline decodes the deadline label's value: positive decimal Unix seconds.
+func ParseDeadline(v string) (time.Time, error) {
+	s, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || s <= 0 {
+		return time.Time{}, fmt.Errorf("label %s=%q is not a positive Unix time in seconds", DeadlineLabel, v)
+	}
+	return time.Unix(s, 0).UTC(), nil
+}
+
+// FormatDeadline encodes a deadline as the label's value.
+func FormatDeadline(t time.Time) string { return strconv.FormatInt(t.Unix(), 10) }
+
+// Deadline returns when a pod entered at now with the given ttl must go, given
+// the deadline already recorded (zero if none): the earlier of the two, so
+// entering again never moves a deadline later. The result is rounded up to a
+// whole second, as the label stores seconds.
+func Deadline(existing, now time.Time, ttl time.Duration) time.Time {
+	d := now.Add(ttl)
+	if t := d.Truncate(time.Second); !t.Equal(d) {
+		d = t.Add(time.Second)
+	}
+	if !existing.IsZero() && existing.Before(d) {
+		return existing.UTC()
+	}
+	return d.UTC()
+}
+
+// Apply folds a new entry into the record found on a pod with UID podUID.
+// existing is the record read from the pod, or nil if it has none or one that
+// does not decode. A record bound to another UID (labels copied from another
+// pod's manifest, say) is no record: the deleter would never act on it either.
+// Apply is pure: the caller writes the result.
+func Apply(existing *Record, podUID types.UID, e Entry, ttl time.Duration) (Record, Outcome) {
+	e.Time = e.Time.UTC().Truncate(time.Second)
+	if existing == nil || existing.PodUID != podUID {
+		return Record{Deadline: Deadline(time.Time{}, e.Time, ttl), PodUID: podUID, Entries: 1, First: e, Last: e}, OutcomeFirst
+	}
+	r := *existing
+	if e.sameAs(r.Last) {
+		return r, OutcomeRepeat
+	}
+	r.Deadline = Deadline(r.Deadline, e.Time, ttl)
+	r.Entries = max(r.Entries, 1) + 1
+	r.Last = e
+	return r, OutcomeAdded
+}
+
+// Labels returns the record's labels.
+func (r Record) Labels() map[string]string {
+	return map[string]string{DeadlineLabel: FormatDeadline(r.Deadline)}
+}
+
+// Annotations returns the record's annotations.
+func (r Record) Annotations() map[string]string {
+	first, _ := json.Marshal(r.First) // Entry always marshals.
+	last, _ := json.Marshal(r.Last)
+	return map[string]string{
+		DeadlineAnnotation:   r.Deadline.UTC().Format(time.RFC3339),
+		PodUIDAnnotation:     string(r.PodUID),
+		EntriesAnnotation:    strconv.Itoa(r.Entries),
+		FirstEntryAnnotation: string(first),
+		LastEntryAnnotation:  string(last),
+	}
+}
