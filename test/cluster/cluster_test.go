@@ -1,0 +1,333 @@
+//go:build e2e
+
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
+)
+
+// Deadlines for the steps of the tests, beyond those of Start.
+const (
+	// podCreatedTimeout covers deployment → replicaset → pod in the
+	// controller-manager, including its wait for the namespace's default
+	// ServiceAccount.
+	podCreatedTimeout = 60 * time.Second
+	// pdbStatusTimeout covers the disruption controller computing a PDB.
+	pdbStatusTimeout = 60 * time.Second
+	// constraintAppliedTimeout covers Gatekeeper generating a constraint CRD
+	// and kubectl's discovery catching up with it.
+	constraintAppliedTimeout = 60 * time.Second
+	// enforcedTimeout covers Gatekeeper loading a constraint into its policy
+	// engine after it was applied (about 2 s when measured).
+	enforcedTimeout = 60 * time.Second
+	// kubectlTimeout bounds one kubectl invocation.
+	kubectlTimeout = 30 * time.Second
+	// testPoll is how often the tests re-check a condition.
+	testPoll = 200 * time.Millisecond
+)
+
+const (
+	testNamespace = "demo"
+	testUser      = "alice@example.com"
+	testGroup     = "dev"
+)
+
+// startCluster starts a cluster for t, stops it when t ends, and prints the
+// components' logs if t failed.
+func startCluster(t *testing.T, gatekeeper bool) *Cluster {
+	t.Helper()
+	begin := time.Now()
+	c, err := Start(t.Context(), Options{Dir: t.TempDir(), Log: testWriter{t}, Gatekeeper: gatekeeper})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Start (gatekeeper=%v) took %s", gatekeeper, time.Since(begin).Round(time.Millisecond))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("component logs:\n%s", c.Logs())
+		}
+		begin := time.Now()
+		if err := c.Stop(); err != nil {
+			t.Errorf("Stop: %v", err)
+		}
+		t.Logf("Stop took %s", time.Since(begin).Round(time.Millisecond))
+	})
+	return c
+}
+
+// testWriter sends Options.Log lines to t.Log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// poll calls cond every testPoll until it returns true or timeout passes.
+func poll(t *testing.T, what string, timeout time.Duration, cond func(ctx context.Context) (bool, error)) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	defer cancel()
+	if err := wait.PollUntilContextCancel(ctx, testPoll, true, cond); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// deployApp creates testNamespace with a one-replica Deployment and a PDB for
+// it, and returns the Deployment's (Pending) pod once it exists.
+func deployApp(t *testing.T, c *Cluster) *corev1.Pod {
+	t.Helper()
+	ctx := t.Context()
+	cs := c.Client()
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testNamespace}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	labels := map[string]string{"app": "demo"}
+	_, err := cs.AppsV1().Deployments(testNamespace).Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "demo"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](1),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				// Never pulled: there is no kubelet.
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/app:1"}}},
+			},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cs.PolicyV1().PodDisruptionBudgets(testNamespace).Create(ctx, &policyv1.PodDisruptionBudget{
+		ObjectMeta: metav1.ObjectMeta{Name: "demo"},
+		Spec: policyv1.PodDisruptionBudgetSpec{
+			MinAvailable: ptr.To(intstr.FromInt32(1)),
+			Selector:     &metav1.LabelSelector{MatchLabels: labels},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var pod corev1.Pod
+	begin := time.Now()
+	poll(t, "waiting for the Deployment's pod", podCreatedTimeout, func(ctx context.Context) (bool, error) {
+		pods, err := cs.CoreV1().Pods(testNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=demo"})
+		if err != nil || len(pods.Items) == 0 {
+			return false, nil
+		}
+		pod = pods.Items[0]
+		return true, nil
+	})
+	t.Logf("pod %s created %s after the Deployment; phase %s, node %q",
+		pod.Name, time.Since(begin).Round(time.Millisecond), pod.Status.Phase, pod.Spec.NodeName)
+	if pod.Status.Phase != corev1.PodPending || pod.Spec.NodeName != "" {
+		t.Errorf("pod %s: phase %s on node %q, want Pending and unscheduled", pod.Name, pod.Status.Phase, pod.Spec.NodeName)
+	}
+
+	poll(t, "waiting for the disruption controller to compute the PDB", pdbStatusTimeout, func(ctx context.Context) (bool, error) {
+		pdb, err := cs.PolicyV1().PodDisruptionBudgets(testNamespace).Get(ctx, "demo", metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		return pdb.Status.ObservedGeneration == pdb.Generation && pdb.Status.ExpectedPods == 1, nil
+	})
+	return &pod
+}
+
+// execUser returns a kubeconfig for testUser, allowed to exec into pods of
+// testNamespace and nothing else.
+func execUser(t *testing.T, c *Cluster) string {
+	t.Helper()
+	ctx := t.Context()
+	cs := c.Client()
+	_, err := cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: "exec-test"},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
+			// kubectl tries a websocket first (a GET, which since Kubernetes
+			// v1.35 needs create as well as get), then falls back to SPDY
+			// (a POST: create). With create alone the websocket attempt is
+			// refused by RBAC before admission and only the fallback is
+			// admitted; with both, each kubectl exec is admitted twice.
+			{APIGroups: []string{""}, Resources: []string{"pods/exec", "pods/attach"}, Verbs: []string{"get", "create"}},
+			{APIGroups: []string{""}, Resources: []string{"pods/ephemeralcontainers"}, Verbs: []string{"patch"}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cs.RbacV1().RoleBindings(testNamespace).Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "exec-test"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "exec-test"},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: testUser}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig, err := c.Kubeconfig("alice", testUser, testGroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The identity the API server sees is the certificate's.
+	ctx, cancel := context.WithTimeout(ctx, kubectlTimeout)
+	defer cancel()
+	out, _, err := c.Kubectl(ctx, kubeconfig, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username} {.status.userInfo.groups}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := testUser + ` ["dev","system:authenticated"]`; out != want {
+		t.Errorf("kubectl auth whoami = %q, want %q", out, want)
+	}
+	return kubeconfig
+}
+
+// kubectlExec runs `kubectl exec` as kubeconfig into pod and returns stderr;
+// it always fails, because the pod has no node.
+func kubectlExec(t *testing.T, c *Cluster, kubeconfig string, pod *corev1.Pod) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), kubectlTimeout)
+	defer cancel()
+	stdout, stderr, err := c.Kubectl(ctx, kubeconfig, "exec", "-n", pod.Namespace, pod.Name, "--", "sh", "-c", "true")
+	if err == nil {
+		t.Fatalf("kubectl exec into a pod without a node succeeded: stdout %q stderr %q", stdout, stderr)
+	}
+	return stderr
+}
+
+// TestControlPlane checks the control plane alone: Deployments make Pods,
+// PDB status is computed, and kubectl exec is admitted and then fails for
+// lack of a node.
+func TestControlPlane(t *testing.T) {
+	c := startCluster(t, false)
+	pod := deployApp(t, c)
+	alice := execUser(t, c)
+	stderr := kubectlExec(t, c, alice, pod)
+	t.Logf("kubectl exec without a node prints: %q", stderr)
+	assertAdmittedThenNoNode(t, stderr)
+}
+
+// assertAdmittedThenNoNode checks kubectl exec's stderr for the failure that
+// follows admission on a control plane with no kubelet.
+func assertAdmittedThenNoNode(t *testing.T, stderr string) {
+	t.Helper()
+	if strings.Contains(stderr, "Forbidden") || strings.Contains(stderr, "denied") {
+		t.Errorf("kubectl exec was refused before reaching the node: %q", stderr)
+	}
+	if !strings.Contains(stderr, "does not have a host assigned") {
+		t.Errorf("kubectl exec stderr = %q, want the no-node error", stderr)
+	}
+}
+
+const denyExecTemplate = `apiVersion: templates.gatekeeper.sh/v1
+kind: ConstraintTemplate
+metadata:
+  name: k8sdenyexectest
+spec:
+  crd:
+    spec:
+      names:
+        kind: K8sDenyExecTest
+  targets:
+  - target: admission.k8s.gatekeeper.sh
+    operations: ["CONNECT"]
+    rego: |
+      package k8sdenyexectest
+
+      violation[{"msg": msg}] {
+        input.review.operation == "CONNECT"
+        msg := sprintf("exec-reaper test policy: no exec into %v/%v for %v", [input.review.namespace, input.review.name, input.review.userInfo.username])
+      }
+`
+
+const denyExecConstraint = `apiVersion: constraints.gatekeeper.sh/v1beta1
+kind: K8sDenyExecTest
+metadata:
+  name: deny-exec-test
+spec:
+  match:
+    kinds:
+    - apiGroups: [""]
+      kinds: ["PodExecOptions"]
+    namespaces: ["demo"]
+`
+
+// TestGatekeeperConnect proves the CONNECT path end to end: Gatekeeper sees
+// kubectl exec, first allows it (no policy), then denies it with the
+// constraint's message once a deny-all template and constraint are applied.
+func TestGatekeeperConnect(t *testing.T) {
+	c := startCluster(t, true)
+	if len(c.GatekeeperCA()) == 0 {
+		t.Error("GatekeeperCA() is empty")
+	}
+	pod := deployApp(t, c)
+	alice := execUser(t, c)
+
+	stderr := kubectlExec(t, c, alice, pod)
+	t.Logf("kubectl exec with Gatekeeper and no policy prints: %q", stderr)
+	assertAdmittedThenNoNode(t, stderr)
+	calls, err := c.webhookCalls(t.Context(), GatekeeperValidationWebhook, map[string]string{"operation": "CONNECT", "code": "200"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("CONNECT admissions answered by Gatekeeper so far: %v", calls)
+	if calls == 0 {
+		t.Fatal("the API server never called Gatekeeper for CONNECT")
+	}
+
+	dir := t.TempDir()
+	templateFile := filepath.Join(dir, "template.yaml")
+	constraintFile := filepath.Join(dir, "constraint.yaml")
+	for path, data := range map[string]string{templateFile: denyExecTemplate, constraintFile: denyExecConstraint} {
+		if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	begin := time.Now()
+	ctx, cancel := context.WithTimeout(t.Context(), kubectlTimeout)
+	defer cancel()
+	if err := c.ApplyFile(ctx, "", templateFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitForCRD(t.Context(), "k8sdenyexectest.constraints.gatekeeper.sh"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("constraint CRD established %s after the template was applied", time.Since(begin).Round(time.Millisecond))
+	var lastErr error
+	poll(t, "applying the constraint", constraintAppliedTimeout, func(ctx context.Context) (bool, error) {
+		ctx, cancel := context.WithTimeout(ctx, kubectlTimeout)
+		defer cancel()
+		lastErr = c.ApplyFile(ctx, "", constraintFile)
+		if lastErr != nil && !strings.Contains(lastErr.Error(), "no matches for kind") {
+			return false, lastErr
+		}
+		return lastErr == nil, nil
+	})
+	t.Logf("constraint applied %s after the template", time.Since(begin).Round(time.Millisecond))
+
+	want := fmt.Sprintf("[deny-exec-test] exec-reaper test policy: no exec into %s/%s for %s", pod.Namespace, pod.Name, testUser)
+	poll(t, "waiting for Gatekeeper to deny kubectl exec", enforcedTimeout, func(ctx context.Context) (bool, error) {
+		stderr = kubectlExec(t, c, alice, pod)
+		return strings.Contains(stderr, want), nil
+	})
+	t.Logf("constraint enforced %s after the template was applied", time.Since(begin).Round(time.Millisecond))
+	t.Logf("kubectl exec denied by Gatekeeper prints: %q", stderr)
+	if !strings.Contains(stderr, `admission webhook "validation.gatekeeper.sh" denied the request`) {
+		t.Errorf("kubectl exec stderr = %q, want Gatekeeper's denial", stderr)
+	}
+}
