@@ -16,7 +16,7 @@ set -euo pipefail
 KUBE_VERSION=v1.36.3
 GATEKEEPER_VERSION=v3.23.1
 STATICCHECK_VERSION=v0.7.0
-HELM_VERSION=v3.19.0
+HELM_VERSION=v3.22.0
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${EXEC_REAPER_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/exec-reaper-tools}
@@ -56,7 +56,8 @@ gatekeeper() {
 	# pinned; its go.mod has no replace directives.
 	GOBIN="$out" go install -trimpath -ldflags "-s -w" \
 		"github.com/open-policy-agent/gatekeeper/v3@$GATEKEEPER_VERSION"
-	mv "$out/v3" "$out/manager"
+	# go names the binary of a /v3 module after the path element before it.
+	mv "$out/gatekeeper" "$out/manager"
 	# The CRDs ship in the module; copy them next to the binary.
 	local mod
 	mod=$(GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' "github.com/open-policy-agent/gatekeeper/v3@$GATEKEEPER_VERSION")

@@ -1,0 +1,68 @@
+# exec-reaper: `make demo` runs the main job on a local control plane;
+# `make test` runs every test. Pinned tools are built once into
+# $(TOOLS_CACHE) (outside the repository) by hack/tools.sh.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -eu -o pipefail -c
+GO ?= go
+BIN := $(CURDIR)/bin
+export EXEC_REAPER_TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/exec-reaper-tools
+
+# Packages with goroutines run under the race detector.
+RACE_PKGS := ./record/... ./provider/... ./deleter/... ./internal/... ./verifier/...
+UNIT_PKGS := ./templates/... ./cmd/...
+
+.PHONY: all build test lint unit e2e verify-policies chart-test bench demo up down image tools clean
+
+all: build
+
+build: ## Build both binaries into bin/.
+	$(GO) build -trimpath -o $(BIN)/ ./cmd/exec-reaper-provider ./cmd/exec-reaper-deleter
+
+test: lint unit verify-policies chart-test e2e ## Every test: linters, unit, policy suites, chart, end to end.
+
+lint: ## gofmt, go vet and staticcheck (pinned).
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags e2e ./test/...
+	"$$(hack/tools.sh staticcheck)/staticcheck" ./...
+
+unit: ## Unit tests; concurrent packages under -race.
+	$(GO) test -race -count=1 $(RACE_PKGS)
+	$(GO) test -count=1 $(UNIT_PKGS)
+
+verify-policies: ## Run the gator suites of every template (external data included).
+	$(GO) run ./cmd/exec-reaper-gator verify ./templates/...
+
+chart-test: ## helm lint and render tests of the chart.
+	EXEC_REAPER_HELM="$$(hack/tools.sh helm)/helm" $(GO) test -count=1 ./charts/...
+
+e2e: ## End-to-end suite on a local control plane with real Gatekeeper and kubectl.
+	EXEC_REAPER_KUBE_TOOLS="$$(hack/tools.sh kube)" EXEC_REAPER_GATEKEEPER="$$(hack/tools.sh gatekeeper)" \
+		$(GO) test -tags e2e -count=1 -timeout 30m -v ./test/... 2>&1 | tee /tmp/exec-reaper-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'
+
+bench: ## Benchmarks; see BENCHMARKS.md.
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./provider/ ./record/ ./deleter/
+
+demo: build ## The main job: exec into a pod on a local control plane and watch exec-reaper evict it.
+	EXEC_REAPER_KUBE_TOOLS="$$(hack/tools.sh kube)" EXEC_REAPER_GATEKEEPER="$$(hack/tools.sh gatekeeper)" \
+		$(GO) run ./test/demo
+
+up: build ## As demo, but leave the control plane running (make down stops it).
+	EXEC_REAPER_KUBE_TOOLS="$$(hack/tools.sh kube)" EXEC_REAPER_GATEKEEPER="$$(hack/tools.sh gatekeeper)" \
+		$(GO) run ./test/demo -up
+
+down: ## Stop a control plane left by make up.
+	$(GO) run ./test/demo -down
+
+image: ## Build the container image (needs a container engine).
+	docker build -t exec-reaper:$$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' charts/exec-reaper/Chart.yaml) .
+
+tools: ## Build the pinned tools now (kube, Gatekeeper, staticcheck, helm).
+	hack/tools.sh kube >/dev/null
+	hack/tools.sh gatekeeper >/dev/null
+	hack/tools.sh staticcheck >/dev/null
+	hack/tools.sh helm >/dev/null
+
+clean:
+	rm -rf $(BIN)
