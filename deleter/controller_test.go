@@ -589,16 +589,23 @@ func TestRefusalsDoNotSpendRetries(t *testing.T) {
 	dropsBefore := h.counter(dropsMetric)
 	h.start()
 
-	// Two refusals, then a transient error that deserves a retry.
-	for i := range 3 {
+	// Two refusals...
+	for i := range 2 {
 		eventually(t, fmt.Sprintf("attempt %d", i+1), func() bool { return len(h.evictions("web")) == i+1 })
 		h.waitDelayed()
 		h.clock.Step(time.Second << i)
 	}
-	eventually(t, "the retry after the transient error", func() bool { return len(h.evictions("web")) == 4 })
+	// ...then a transient error, which deserves a retry: the key must be
+	// delayed, not dropped.
+	eventually(t, "attempt 3", func() bool { return len(h.evictions("web")) == 3 })
+	eventually(t, "a retry or a drop", func() bool {
+		return h.clock.Waiters() > h.idle || h.counter(dropsMetric) > dropsBefore
+	})
 	if got := h.counter(dropsMetric) - dropsBefore; got != 0 {
-		t.Errorf("dropped_total grew by %v, want 0", got)
+		t.Fatalf("dropped on the first transient error after %d refusals (dropped_total grew by %v), want a retry", maxRetries, got)
 	}
+	h.clock.Step(4 * time.Second)
+	eventually(t, "the retry after the transient error", func() bool { return len(h.evictions("web")) == 4 })
 }
 
 func TestDryRun(t *testing.T) {

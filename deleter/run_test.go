@@ -89,22 +89,44 @@ func withOptimisticLeases(client *fake.Clientset) {
 	})
 }
 
-// startRun runs deleter.Run until the test ends and returns its result
-// channel. Cleanup cancels and waits for it, if the test has not.
-func startRun(t *testing.T, cfg deleter.Config, client *fake.Clientset) (context.CancelFunc, <-chan error) {
+// running is a deleter.Run in progress.
+type running struct {
+	cancel context.CancelFunc
+	done   chan struct{} // closed when Run returned
+	err    error         // Run's result, once done is closed
+}
+
+// wait waits at most runTimeout for Run to return and returns its result.
+func (r *running) wait(t *testing.T, why string) error {
+	t.Helper()
+	select {
+	case <-r.done:
+		return r.err
+	case <-time.After(runTimeout):
+		t.Fatalf("Run still running %v after %s", runTimeout, why)
+		return nil
+	}
+}
+
+// startRun runs deleter.Run until the test ends. Cleanup cancels it and
+// waits for it to return.
+func startRun(t *testing.T, cfg deleter.Config, client *fake.Clientset) *running {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- deleter.Run(ctx, cfg, client, clock.RealClock{}, prometheus.NewRegistry()) }()
+	r := &running{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		r.err = deleter.Run(ctx, cfg, client, clock.RealClock{}, prometheus.NewRegistry())
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case <-done:
+		case <-r.done:
 		case <-time.After(runTimeout):
 			t.Errorf("Run did not return within %v of cancellation", runTimeout)
 		}
 	})
-	return cancel, done
+	return r
 }
 
 // holder returns the HolderIdentity of the test Lease.
@@ -136,7 +158,7 @@ func TestRunLeadsThenReturnsWhenLeaseIsTaken(t *testing.T) {
 	const uid = types.UID("uid-web")
 	client := fake.NewClientset(recordedPod("web", uid, time.Now().Add(-time.Minute)))
 	withOptimisticLeases(client)
-	_, done := startRun(t, electedConfig(), client)
+	run := startRun(t, electedConfig(), client)
 
 	// Only a leader evicts.
 	eventually(t, "the leader's eviction", func() bool { return len(evictions(client, "web")) > 0 })
@@ -161,13 +183,8 @@ func TestRunLeadsThenReturnsWhenLeaseIsTaken(t *testing.T) {
 	if err != nil {
 		t.Fatalf("taking the lease: %v", err)
 	}
-	select {
-	case err := <-done:
-		if !errors.Is(err, deleter.ErrLostLeadership) {
-			t.Errorf("Run returned %v, want %v", err, deleter.ErrLostLeadership)
-		}
-	case <-time.After(runTimeout):
-		t.Fatalf("Run still running %v after losing the lease", runTimeout)
+	if err := run.wait(t, "losing the lease"); !errors.Is(err, deleter.ErrLostLeadership) {
+		t.Errorf("Run returned %v, want %v", err, deleter.ErrLostLeadership)
 	}
 	// Stepping down must not release or overwrite the new leader's lease.
 	if got := holder(t, client); got != "b" {
@@ -178,7 +195,7 @@ func TestRunLeadsThenReturnsWhenLeaseIsTaken(t *testing.T) {
 func TestRunFollowerDoesNotEvict(t *testing.T) {
 	client := fake.NewClientset(recordedPod("web", "uid-web", time.Now().Add(-time.Minute)), heldLease("b"))
 	withOptimisticLeases(client)
-	cancel, done := startRun(t, electedConfig(), client)
+	run := startRun(t, electedConfig(), client)
 
 	// The replica is up and competing for the lease...
 	eventually(t, "a look at the lease", func() bool {
@@ -197,14 +214,9 @@ func TestRunFollowerDoesNotEvict(t *testing.T) {
 		t.Fatalf("a follower evicted: %v", evictions(client, ""))
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Run returned %v after cancellation, want nil", err)
-		}
-	case <-time.After(runTimeout):
-		t.Fatalf("Run did not return within %v of cancellation", runTimeout)
+	run.cancel()
+	if err := run.wait(t, "cancellation"); err != nil {
+		t.Errorf("Run returned %v after cancellation, want nil", err)
 	}
 	if got := holder(t, client); got != "b" {
 		t.Errorf("lease holder = %q, want b (a follower must not touch it)", got)
@@ -237,7 +249,7 @@ func TestRunWithoutLeaderElectionEvicts(t *testing.T) {
 	client := fake.NewClientset(recordedPod("web", uid, time.Now().Add(-time.Minute)))
 	cfg := electedConfig()
 	cfg.LeaderElection = false
-	cancel, done := startRun(t, cfg, client)
+	run := startRun(t, cfg, client)
 
 	eventually(t, "the eviction", func() bool { return len(evictions(client, "web")) > 0 })
 	if got := evictions(client, "web")[0]; got.UID != uid {
@@ -262,14 +274,9 @@ func TestRunWithoutLeaderElectionEvicts(t *testing.T) {
 		}
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Run returned %v after cancellation, want nil", err)
-		}
-	case <-time.After(runTimeout):
-		t.Fatalf("Run did not return within %v of cancellation", runTimeout)
+	run.cancel()
+	if err := run.wait(t, "cancellation"); err != nil {
+		t.Errorf("Run returned %v after cancellation, want nil", err)
 	}
 }
 

@@ -6,9 +6,11 @@ package provider
 import (
 	"context"
 	"errors"
+	"fmt"
 	stdlog "log"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -46,6 +49,13 @@ type Config struct {
 	EventQueue int
 	// ShutdownTimeout bounds the wait for in-flight requests on shutdown.
 	ShutdownTimeout time.Duration
+	// ClientCASecret, when set ("namespace/name"), is the Secret holding
+	// Gatekeeper's CA under ca.crt (Gatekeeper's gatekeeper-webhook-server-cert);
+	// it is mirrored to ClientCAFile on every change.
+	ClientCASecret string
+	// Rotation, when set, has cert-controller issue and rotate the serving
+	// certificate; it is mirrored to CertFile and KeyFile on every change.
+	Rotation *Rotation
 }
 
 // Default fills unset fields.
@@ -78,21 +88,50 @@ func (c *Config) Validate() error {
 	if c.RecordTimeout <= 0 || c.CertReloadInterval <= 0 {
 		return errors.New("timeouts and intervals must be positive")
 	}
+	if c.ClientCASecret != "" {
+		if _, _, err := splitRef(c.ClientCASecret); err != nil {
+			return fmt.Errorf("client CA secret: %w", err)
+		}
+	}
+	if r := c.Rotation; r != nil && (r.SecretNamespace == "" || r.SecretName == "" || r.ProviderName == "" || r.DNSName == "") {
+		return errors.New("certificate rotation needs a secret namespace and name, a Provider name and a DNS name")
+	}
 	return nil
+}
+
+// splitRef splits "namespace/name".
+func splitRef(ref string) (namespace, name string, err error) {
+	namespace, name, ok := strings.Cut(ref, "/")
+	if !ok || namespace == "" || name == "" || strings.Contains(name, "/") {
+		return "", "", fmt.Errorf("%q is not namespace/name", ref)
+	}
+	return namespace, name, nil
 }
 
 // Run serves until ctx is done, then shuts down gracefully. It returns nil on
 // a clean shutdown.
-func Run(ctx context.Context, cfg Config, client kubernetes.Interface, reg *prometheus.Registry) error {
+func Run(ctx context.Context, cfg Config, restCfg *rest.Config, reg *prometheus.Registry) error {
 	cfg.Default()
 	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
 		return err
 	}
 	log := klog.FromContext(ctx)
 	certs := NewCerts(cfg.CertFile, cfg.KeyFile, cfg.ClientCAFile)
 	if _, err := certs.Reload(); err != nil {
-		// Not fatal: the Secret may not be mounted yet. /readyz says so.
-		log.Error(err, "Loading certificates; will retry")
+		// Not fatal: the certificates may not be issued yet. /readyz says so.
+		log.Info("Certificates not loaded yet; waiting", "err", err.Error())
+	}
+	reload := func() {
+		if changed, err := certs.Reload(); err != nil {
+			log.V(1).Info("Certificates incomplete; waiting", "err", err.Error())
+		} else if changed {
+			certReloadsTotal.WithLabelValues("changed").Inc()
+			log.Info("Reloaded certificates")
+		}
 	}
 	Register(reg)
 	events := NewEventSink(client, cfg.EventQueue)
@@ -114,6 +153,18 @@ func Run(ctx context.Context, cfg Config, client kubernetes.Interface, reg *prom
 	probes := serve.Probes(cfg.ProbeAddr, reg, nil, func(*http.Request) error { return certs.Ready() })
 
 	g, gctx := errgroup.WithContext(ctx)
+	if cfg.ClientCASecret != "" {
+		ns, name, _ := splitRef(cfg.ClientCASecret)
+		sync := NewSecretSync(client, ns, name, map[string]string{"ca.crt": cfg.ClientCAFile}, reload)
+		g.Go(func() error { sync.Run(gctx); return nil })
+	}
+	if r := cfg.Rotation; r != nil {
+		sync := NewSecretSync(client, r.SecretNamespace, r.SecretName,
+			// cert-controller names the Secret's keys after the files.
+			map[string]string{filepath.Base(cfg.CertFile): cfg.CertFile, filepath.Base(cfg.KeyFile): cfg.KeyFile}, reload)
+		g.Go(func() error { sync.Run(gctx); return nil })
+		g.Go(func() error { return runRotator(gctx, restCfg, *r, cfg.CertFile, cfg.KeyFile) })
+	}
 	g.Go(func() error { certs.Run(gctx, cfg.CertReloadInterval); return nil })
 	g.Go(func() error { events.Run(gctx); return nil })
 	g.Go(func() error { return serve.Run(gctx, api, cfg.ShutdownTimeout) })

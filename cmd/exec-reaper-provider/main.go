@@ -9,11 +9,11 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
@@ -34,8 +34,23 @@ func main() {
 	fs.DurationVar(&cfg.CertReloadInterval, "cert-reload-interval", 0, "How often to check the certificate files for change (default 10s).")
 	fs.DurationVar(&cfg.RecordTimeout, "record-timeout", 0, "Time allowed to record one request; keep below the Provider's spec.timeout (default 1.5s).")
 	fs.IntVar(&cfg.EventQueue, "event-queue", 0, "Events that may wait to be written before new ones are dropped (default 1024).")
+	fs.StringVar(&cfg.ClientCASecret, "client-ca-secret", "", "Secret (namespace/name) holding Gatekeeper's CA as ca.crt, e.g. gatekeeper-system/gatekeeper-webhook-server-cert; mirrored to --client-ca-file on every change.")
+	var rot provider.Rotation
+	var certSecret string
+	fs.StringVar(&certSecret, "cert-secret", "", "Secret (namespace/name) in which cert-controller issues and rotates the serving certificate; mirrored to --tls-cert-file and --tls-key-file. Empty: the files are managed by someone else.")
+	fs.StringVar(&rot.ProviderName, "provider-name", "exec-reaper", "Provider object whose spec.caBundle cert-controller keeps current (with --cert-secret).")
+	fs.StringVar(&rot.DNSName, "dns-name", "", "DNS name in the serving certificate: the Service's name, e.g. exec-reaper-provider.gatekeeper-system.svc (with --cert-secret).")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 0, "Time allowed for in-flight requests on shutdown (default 10s).")
 	_ = fs.Parse(os.Args[1:])
+	if certSecret != "" {
+		ns, name, ok := strings.Cut(certSecret, "/")
+		if !ok {
+			fmt.Fprintf(os.Stderr, "exec-reaper-provider: --cert-secret %q is not namespace/name\n", certSecret)
+			os.Exit(2)
+		}
+		rot.SecretNamespace, rot.SecretName = ns, name
+		cfg.Rotation = &rot
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -53,12 +68,8 @@ func run(ctx context.Context, cfg provider.Config, kubeconfig string) error {
 	restCfg.UserAgent = "exec-reaper-provider"
 	// The admission path waits on this client: allow bursts of execs.
 	restCfg.QPS, restCfg.Burst = 100, 200
-	client, err := kubernetes.NewForConfig(restCfg)
-	if err != nil {
-		return err
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ctx = klog.NewContext(ctx, klog.Background().WithName("provider"))
-	return provider.Run(ctx, cfg, client, reg)
+	return provider.Run(ctx, cfg, restCfg, reg)
 }

@@ -1,6 +1,8 @@
 // Package pki issues the small certificate authorities and certificates that
-// exec-reaper's tests, its local control plane and its policy verifier need:
-// nothing here is used by the provider or the deleter in a cluster.
+// exec-reaper's tests, its local control plane and its policy verifier need,
+// and writes certificate files atomically. In a cluster, the provider's
+// certificates come from cert-controller instead; only WriteFileAtomic is
+// used there.
 package pki
 
 import (

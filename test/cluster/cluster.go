@@ -76,14 +76,11 @@ const (
 	pollInterval = 100 * time.Millisecond
 )
 
-// Default locations of the binaries built by hack/tools.sh.
+// Directories that hack/tools.sh builds into, under its cache; they name the
+// pinned versions and must change with them.
 const (
-	// DefaultKubeDir holds etcd, kube-apiserver, kube-controller-manager and
-	// kubectl, relative to the user's cache directory.
-	DefaultKubeDir = "exec-reaper-tools/kube-v1.36.3"
-	// DefaultGatekeeperDir holds Gatekeeper's manager and crds/, relative to
-	// the user's cache directory.
-	DefaultGatekeeperDir = "exec-reaper-tools/gatekeeper-v3.23.1"
+	kubeToolsDir       = "kube-v1.36.3"
+	gatekeeperToolsDir = "gatekeeper-v3.23.1"
 )
 
 // Tools locates the binaries the cluster runs.
@@ -96,8 +93,8 @@ type Tools struct {
 
 // DefaultTools returns the tool locations from the environment:
 // EXEC_REAPER_KUBE_TOOLS and EXEC_REAPER_GATEKEEPER, or else the directories
-// hack/tools.sh builds into (under EXEC_REAPER_TOOLS_CACHE, or the user's
-// cache directory).
+// hack/tools.sh builds into (under EXEC_REAPER_TOOLS_CACHE, else
+// $XDG_CACHE_HOME/exec-reaper-tools or ~/.cache/exec-reaper-tools).
 func DefaultTools() Tools {
 	cache := os.Getenv("EXEC_REAPER_TOOLS_CACHE")
 	if cache == "" {
@@ -106,8 +103,8 @@ func DefaultTools() Tools {
 		}
 	}
 	t := Tools{
-		KubeDir:       filepath.Join(cache, filepath.Base(DefaultKubeDir)),
-		GatekeeperDir: filepath.Join(cache, filepath.Base(DefaultGatekeeperDir)),
+		KubeDir:       filepath.Join(cache, kubeToolsDir),
+		GatekeeperDir: filepath.Join(cache, gatekeeperToolsDir),
 	}
 	if d := os.Getenv("EXEC_REAPER_KUBE_TOOLS"); d != "" {
 		t.KubeDir = d
@@ -130,13 +127,18 @@ func (t Tools) check(gatekeeper bool) error {
 		if _, err := os.Stat(filepath.Join(t.GatekeeperDir, "manager")); err != nil {
 			return fmt.Errorf("%w (run hack/tools.sh gatekeeper, or set EXEC_REAPER_GATEKEEPER)", err)
 		}
+		if crds, _ := filepath.Glob(filepath.Join(t.GatekeeperDir, "crds", "*.yaml")); len(crds) == 0 {
+			return fmt.Errorf("no CRDs in %s (run hack/tools.sh gatekeeper, or set EXEC_REAPER_GATEKEEPER)",
+				filepath.Join(t.GatekeeperDir, "crds"))
+		}
 	}
 	return nil
 }
 
 // Options configures Start.
 type Options struct {
-	// Tools locates the binaries; the zero value means DefaultTools().
+	// Tools locates the binaries; empty fields are taken from
+	// DefaultTools().
 	Tools Tools
 	// Dir is the work directory for certificates, etcd data, kubeconfigs and
 	// logs. The caller owns it (e.g. t.TempDir()); Stop leaves it in place so
@@ -184,6 +186,7 @@ type Cluster struct {
 	core      []*Process // control plane, in start order
 	extra     []*Process // from StartProcess, in start order
 	webhooks  bool       // Gatekeeper's webhook configuration is registered
+	stopped   bool       // Stop has begun; StartProcess refuses
 	stopOnce  sync.Once
 	stopErr   error
 	startTime time.Time
@@ -198,8 +201,12 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("cluster: Options.Dir is required")
 	}
-	if opts.Tools == (Tools{}) {
-		opts.Tools = DefaultTools()
+	def := DefaultTools()
+	if opts.Tools.KubeDir == "" {
+		opts.Tools.KubeDir = def.KubeDir
+	}
+	if opts.Tools.GatekeeperDir == "" {
+		opts.Tools.GatekeeperDir = def.GatekeeperDir
 	}
 	if err := opts.Tools.check(opts.Gatekeeper); err != nil {
 		return nil, err
@@ -613,6 +620,7 @@ func (c *Cluster) stop() error {
 	var errs []error
 	c.mu.Lock()
 	webhooks := c.webhooks
+	c.stopped = true
 	c.mu.Unlock()
 	if webhooks {
 		ctx, cancel := context.WithTimeout(context.Background(), StopTimeout)

@@ -1,4 +1,4 @@
-//go:build e2e
+//go:build e2e && unix
 
 package cluster
 
@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -337,4 +338,72 @@ func TestGatekeeperConnect(t *testing.T) {
 	if !strings.Contains(stderr, `admission webhook "validation.gatekeeper.sh" denied the request`) {
 		t.Errorf("kubectl exec stderr = %q, want Gatekeeper's denial", stderr)
 	}
+}
+
+// TestStartCleansUpOnFailure makes Start fail after the control plane is up
+// (a Gatekeeper manager that exits at once) and checks that Start reports the
+// failure and leaves no process behind.
+func TestStartCleansUpOnFailure(t *testing.T) {
+	gk := t.TempDir()
+	crd := `apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  names: {kind: Widget, plural: widgets, singular: widget, listKind: WidgetList}
+  scope: Cluster
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+`
+	if err := os.MkdirAll(filepath.Join(gk, "crds"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(gk, "crds", "widget.yaml"), []byte(crd), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(gk, "manager"), []byte("#!/bin/sh\necho 'fake manager giving up'\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tools := DefaultTools()
+	tools.GatekeeperDir = gk
+	dir := t.TempDir()
+	c, err := Start(t.Context(), Options{Tools: tools, Dir: dir, Log: testWriter{t}, Gatekeeper: true})
+	if err == nil {
+		_ = c.Stop()
+		t.Fatal("Start succeeded with a manager that exits")
+	}
+	t.Logf("Start failed as it should: %.300s…", err)
+	if !strings.Contains(err.Error(), "gatekeeper exited") || !strings.Contains(err.Error(), "fake manager giving up") {
+		t.Errorf("error %q does not say that Gatekeeper exited, nor show its log", err)
+	}
+	// Every process was started with Dir in its arguments.
+	if pids := processesMentioning(t, dir); len(pids) > 0 {
+		t.Errorf("processes left running after a failed Start: %v", pids)
+	}
+}
+
+// processesMentioning returns the live processes whose command line contains s.
+func processesMentioning(t *testing.T, s string) []string {
+	t.Helper()
+	cmdlines, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []string
+	for _, f := range cmdlines {
+		data, err := os.ReadFile(f)
+		if err != nil || !strings.Contains(string(data), s) {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+		if alive(pid) && pid != os.Getpid() {
+			found = append(found, fmt.Sprintf("%d: %s", pid, strings.ReplaceAll(string(data), "\x00", " ")))
+		}
+	}
+	return found
 }

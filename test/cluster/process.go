@@ -35,19 +35,26 @@ type Process struct {
 	stopErr  error
 }
 
-// StartProcess runs args[0] with arguments args[1:] and logs to
-// Dir/logs/<name>.log. env is added to the test binary's environment (later
-// entries win). The process runs in its own process group, dies with the test
-// binary on Linux (Pdeathsig), and is stopped when ctx is done, by
-// Process.Stop, or by Cluster.Stop, whichever comes first.
+// StartProcess runs args[0] (a path, or a name looked up in PATH) with
+// arguments args[1:] and logs to Dir/logs/<name>.log. env is added to the
+// test binary's environment (later entries win). The process runs in its own
+// process group, dies with the test binary on Linux (Pdeathsig), and is
+// stopped when ctx is done, by Process.Stop, or by Cluster.Stop, whichever
+// comes first. Cluster.Stop stops such processes before the control plane,
+// in reverse start order.
 func (c *Cluster) StartProcess(ctx context.Context, name string, args []string, env []string) (*Process, error) {
+	// Hold the lock across the start so that a concurrent Stop either sees
+	// the process or makes us refuse.
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return nil, fmt.Errorf("starting %s: cluster is stopped", name)
+	}
 	p, err := c.startProcess(name, args, env)
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
 	c.extra = append(c.extra, p)
-	c.mu.Unlock()
 	go func() {
 		select {
 		case <-ctx.Done():

@@ -1,0 +1,64 @@
+package provider
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"path/filepath"
+
+	"github.com/open-policy-agent/cert-controller/pkg/rotator"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+)
+
+// Rotation has exec-reaper issue and rotate its own serving certificate with
+// cert-controller: the certificate and its CA live in a Secret, and the CA is
+// kept current in the Provider object's spec.caBundle, so Gatekeeper always
+// trusts the certificate the provider serves. No one ever handles a
+// certificate by hand.
+type Rotation struct {
+	// SecretNamespace and SecretName locate the Secret cert-controller fills.
+	SecretNamespace, SecretName string
+	// ProviderName is the Provider object whose caBundle is kept current.
+	ProviderName string
+	// DNSName is the name Gatekeeper dials: the Service's DNS name.
+	DNSName string
+}
+
+// runRotator runs cert-controller until ctx is done. Every replica runs it:
+// cert-controller's writes are conflict-checked, so they agree on one
+// certificate.
+// cert-controller also checks that certFile, written by the provider's
+// SecretSync, has arrived.
+func runRotator(ctx context.Context, restCfg *rest.Config, r Rotation, certFile, keyFile string) error {
+	mgr, err := manager.New(restCfg, manager.Options{
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		LeaderElection:         false,
+	})
+	if err != nil {
+		return fmt.Errorf("creating certificate manager: %w", err)
+	}
+	err = rotator.AddRotator(mgr, &rotator.CertRotator{
+		SecretKey:      types.NamespacedName{Namespace: r.SecretNamespace, Name: r.SecretName},
+		CertDir:        filepath.Dir(certFile),
+		CertName:       filepath.Base(certFile),
+		KeyName:        filepath.Base(keyFile),
+		CAName:         "exec-reaper-ca",
+		CAOrganization: "exec-reaper",
+		DNSName:        r.DNSName,
+		IsReady:        make(chan struct{}),
+		Webhooks:       []rotator.WebhookInfo{{Name: r.ProviderName, Type: rotator.ExternalDataProvider}},
+		FieldOwner:     FieldManager,
+		ExtKeyUsages:   &[]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	if err != nil {
+		return fmt.Errorf("adding certificate rotator: %w", err)
+	}
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("certificate rotator: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,93 @@
+package provider
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+
+	"github.com/exec-reaper/exec-reaper/internal/pki"
+)
+
+// SecretSync mirrors chosen keys of one Secret into files, the way the
+// kubelet mounts a Secret volume but within milliseconds of a change instead
+// of a minute. The provider uses it for its own serving certificate (rotated
+// by cert-controller) and for Gatekeeper's CA: when either rotates, the next
+// TLS handshake already uses the new one. It watches only that Secret (a
+// field selector on its name), so RBAC can grant it by resourceNames.
+type SecretSync struct {
+	client          kubernetes.Interface
+	namespace, name string
+	// files maps a key of the Secret's data to the file it is written to.
+	files    map[string]string
+	onChange func()
+
+	mu sync.Mutex // serialises writes
+}
+
+// NewSecretSync returns a SecretSync of namespace/name whose data keys are
+// written to the files given; onChange runs after every write.
+func NewSecretSync(client kubernetes.Interface, namespace, name string, files map[string]string, onChange func()) *SecretSync {
+	return &SecretSync{client: client, namespace: namespace, name: name, files: files, onChange: onChange}
+}
+
+// Run watches the Secret until ctx is done.
+func (s *SecretSync) Run(ctx context.Context) {
+	log := klog.FromContext(ctx).WithValues("secret", klog.KRef(s.namespace, s.name))
+	factory := informers.NewSharedInformerFactoryWithOptions(s.client, 0,
+		informers.WithNamespace(s.namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", s.name).String()
+		}))
+	inf := factory.Core().V1().Secrets().Informer()
+	write := func(obj any) {
+		secret, ok := obj.(*corev1.Secret)
+		if !ok {
+			return
+		}
+		if err := s.write(secret); err != nil {
+			certReloadsTotal.WithLabelValues("error").Inc()
+			log.Error(err, "Writing certificates from Secret")
+			return
+		}
+		s.onChange()
+	}
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    write,
+		UpdateFunc: func(_, obj any) { write(obj) },
+	})
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+	<-ctx.Done()
+	factory.Shutdown()
+}
+
+// write writes the Secret's keys, each atomically. A Secret that lacks a key
+// (cert-controller has not filled it yet) writes nothing.
+func (s *SecretSync) write(secret *corev1.Secret) error {
+	for key := range s.files {
+		if len(secret.Data[key]) == 0 {
+			return fmt.Errorf("secret has no %q yet", key)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for key, path := range s.files {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return err
+		}
+		if err := pki.WriteFileAtomic(path, secret.Data[key]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
