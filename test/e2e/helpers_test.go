@@ -1,0 +1,328 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/utils/ptr"
+
+	"github.com/exec-reaper/exec-reaper/record"
+)
+
+// Timeouts of the suite's waits.
+const (
+	podTimeout      = 30 * time.Second
+	recordTimeout   = 10 * time.Second
+	evictionTimeout = TTL + 15*time.Second
+	// evictionSlack is how late after its deadline a pod may be evicted.
+	evictionSlack = time.Second
+	commandTimeout = 30 * time.Second
+)
+
+// grantUsers lets alice (and the exempt users) exec, attach, debug and
+// port-forward in every namespace, as a developer role would.
+func grantUsers(ctx context.Context) error {
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: "e2e-developer"},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"pods", "pods/log"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{""}, Resources: []string{"pods/exec", "pods/attach", "pods/portforward"}, Verbs: []string{"get", "create"}},
+			{APIGroups: []string{""}, Resources: []string{"pods/ephemeralcontainers"}, Verbs: []string{"get", "patch", "update"}},
+		},
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "e2e-developer"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "e2e-developer"},
+		Subjects: []rbacv1.Subject{
+			{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: alice},
+			{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: breakglass},
+			{Kind: "Group", APIGroup: "rbac.authorization.k8s.io", Name: oncall},
+		},
+	}
+	rbac := c.Client().RbacV1()
+	if _, err := rbac.ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	if _, err := rbac.ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	var err error
+	aliceKubeconfig, err = c.Kubeconfig("alice", alice, "dev", "system:authenticated")
+	return err
+}
+
+// failWithLogs prints every component's log when t fails.
+func failWithLogs(t *testing.T) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("component logs:\n%s", c.Logs())
+		}
+	})
+}
+
+func namespace(t *testing.T, name string) string {
+	t.Helper()
+	failWithLogs(t)
+	ctx := context.Background()
+	_, err := c.Client().CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	// Pods need the namespace's default ServiceAccount, which the
+	// controller-manager creates.
+	poll(t, "default ServiceAccount in "+name, podTimeout, func(ctx context.Context) (bool, error) {
+		_, err := c.Client().CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, nil
+	})
+	return name
+}
+
+func poll(t *testing.T, what string, timeout time.Duration, cond func(ctx context.Context) (bool, error)) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, cond)
+	if err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
+	}
+}
+
+var appLabels = map[string]string{"app": "web"}
+
+func appSpec() corev1.PodSpec {
+	return corev1.PodSpec{
+		Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/shop/web:1"}},
+		// No kubelet ever runs these pods; do not wait on a grace period.
+		TerminationGracePeriodSeconds: ptr.To[int64](0),
+	}
+}
+
+// deployment creates a one-replica Deployment and returns its Pod, which stays
+// Pending: there is no scheduler or node.
+func deployment(t *testing.T, ns string) *corev1.Pod {
+	t.Helper()
+	ctx := context.Background()
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](1),
+			Selector: &metav1.LabelSelector{MatchLabels: appLabels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: appLabels}, Spec: appSpec()},
+		},
+	}
+	if _, err := c.Client().AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var pod *corev1.Pod
+	poll(t, "the Deployment's pod", podTimeout, func(ctx context.Context) (bool, error) {
+		list, err := c.Client().CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+		if err != nil || len(list.Items) == 0 {
+			return false, nil
+		}
+		pod = &list.Items[0]
+		return true, nil
+	})
+	return pod
+}
+
+// barePod creates a Pod with no controller.
+func barePod(t *testing.T, ns, name string, labels map[string]string) *corev1.Pod {
+	t.Helper()
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels}, Spec: appSpec()}
+	pod, err := c.Client().CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pod
+}
+
+// kubectl runs the real kubectl as kubeconfig ("" = admin) and returns its
+// output and error.
+func kubectl(t *testing.T, kubeconfig string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	return c.Kubectl(ctx, kubeconfig, args...)
+}
+
+// kubectlExec runs `kubectl exec` into pod's app container and asserts that
+// the API server admitted it: with no node, the connection then fails.
+func kubectlExec(t *testing.T, kubeconfig string, pod *corev1.Pod, command ...string) string {
+	t.Helper()
+	_, stderr, err := kubectl(t, kubeconfig, append([]string{"exec", "-n", pod.Namespace, pod.Name, "-c", "app", "--"}, command...)...)
+	assertAdmitted(t, "exec", stderr, err)
+	return stderr
+}
+
+// noNode matches what kubectl prints when an admitted request finds no node.
+var noNode = regexp.MustCompile(`does not have a host assigned|unable to upgrade connection|no such host|connection refused`)
+
+func assertAdmitted(t *testing.T, what, stderr string, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if strings.Contains(stderr, "admission webhook") || strings.Contains(stderr, "denied") {
+		t.Fatalf("%s was denied: %s", what, stderr)
+	}
+	if !noNode.MatchString(stderr) {
+		t.Fatalf("%s failed for an unexpected reason: %v\n%s", what, err, stderr)
+	}
+}
+
+// waitRecord waits for the record on pod and returns it.
+func waitRecord(t *testing.T, pod *corev1.Pod) record.Record {
+	t.Helper()
+	var rec record.Record
+	poll(t, "record on "+pod.Name, recordTimeout, func(ctx context.Context) (bool, error) {
+		p, err := c.Client().CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		rec, err = record.Read(p.Labels, p.Annotations)
+		return err == nil, nil
+	})
+	return rec
+}
+
+// assertNoRecord asserts that pod carries no record.
+func assertNoRecord(t *testing.T, pod *corev1.Pod) {
+	t.Helper()
+	p, err := c.Client().CoreV1().Pods(pod.Namespace).Get(context.Background(), pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := p.Labels[record.DeadlineLabel]; ok {
+		t.Fatalf("pod %s was recorded: %v", pod.Name, p.Annotations)
+	}
+}
+
+// watchGone starts watching pod and returns a function that waits until
+// the pod is deleted (or marked for deletion) and returns when that was seen.
+func watchGone(t *testing.T, pod *corev1.Pod) func(timeout time.Duration) (time.Time, bool) {
+	t.Helper()
+	w, err := c.Client().CoreV1().Pods(pod.Namespace).Watch(context.Background(), metav1.ListOptions{
+		FieldSelector:   fields.OneTermEqualSelector("metadata.name", pod.Name).String(),
+		ResourceVersion: pod.ResourceVersion,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	return func(timeout time.Duration) (time.Time, bool) {
+		timer := time.NewTimer(timeout)
+		defer timer.Stop()
+		for {
+			select {
+			case ev, ok := <-w.ResultChan():
+				if !ok {
+					t.Fatalf("watch on %s closed", pod.Name)
+				}
+				p, _ := ev.Object.(*corev1.Pod)
+				if p == nil || p.UID != pod.UID {
+					continue
+				}
+				if ev.Type == watch.Deleted || p.DeletionTimestamp != nil {
+					return time.Now(), true
+				}
+			case <-timer.C:
+				return time.Time{}, false
+			}
+		}
+	}
+}
+
+// assertEvictedOnTime waits for pod to go and asserts it went at its
+// deadline: not before, and at most evictionSlack after.
+func assertEvictedOnTime(t *testing.T, gone func(time.Duration) (time.Time, bool), deadline time.Time) time.Duration {
+	t.Helper()
+	at, ok := gone(time.Until(deadline) + evictionTimeout)
+	if !ok {
+		t.Fatalf("pod not evicted by %s", deadline.Add(evictionTimeout).Format(time.RFC3339))
+	}
+	lag := at.Sub(deadline)
+	if lag < 0 {
+		t.Fatalf("pod evicted %s before its deadline %s", -lag, deadline.Format(time.RFC3339))
+	}
+	if lag > evictionSlack {
+		t.Fatalf("pod evicted %s after its deadline, more than %s", lag, evictionSlack)
+	}
+	t.Logf("evicted %s after the deadline", lag.Round(time.Millisecond))
+	return lag
+}
+
+// events returns the Events on the pod with the given reason (core and
+// events.k8s.io Events are the same objects).
+func events(t *testing.T, pod *corev1.Pod, reason string) []corev1.Event {
+	t.Helper()
+	list, err := c.Client().CoreV1().Events(pod.Namespace).List(context.Background(), metav1.ListOptions{
+		FieldSelector: fields.AndSelectors(
+			fields.OneTermEqualSelector("involvedObject.uid", string(pod.UID)),
+			fields.OneTermEqualSelector("reason", reason),
+		).String(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list.Items
+}
+
+// waitEvents waits until pod has n Events with reason, and asserts there
+// are no more than n.
+func waitEvents(t *testing.T, pod *corev1.Pod, reason string, n int) []corev1.Event {
+	t.Helper()
+	var evs []corev1.Event
+	poll(t, fmt.Sprintf("%d %s events on %s", n, reason, pod.Name), recordTimeout, func(context.Context) (bool, error) {
+		evs = events(t, pod, reason)
+		return len(evs) >= n, nil
+	})
+	if len(evs) != n {
+		t.Fatalf("%d %s events on %s, want %d: %+v", len(evs), reason, pod.Name, n, evs)
+	}
+	return evs
+}
+
+// metric sums the samples of name whose labels contain match in the text.
+func metric(text, name, match string) float64 {
+	var sum float64
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name) || !strings.Contains(line, match) {
+			continue
+		}
+		f := strings.Fields(line)
+		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// evictions sums a result of the eviction counter over every running deleter.
+func evictions(t *testing.T, result string) float64 {
+	t.Helper()
+	var sum float64
+	for n, d := range inst.Deleters {
+		if d == nil {
+			continue
+		}
+		text, err := inst.DeleterMetrics(context.Background(), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum += metric(text, "exec_reaper_deleter_evictions_total", `result="`+result+`"`)
+	}
+	return sum
+}

@@ -1,0 +1,389 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/exec-reaper/exec-reaper/deleter"
+	"github.com/exec-reaper/exec-reaper/provider"
+	"github.com/exec-reaper/exec-reaper/record"
+)
+
+// Scenario 1: kubectl exec as a normal user into a Deployment's pod.
+func TestExecIsRecordedAndEvicted(t *testing.T) {
+	ns := namespace(t, "e2e-exec")
+	pod := deployment(t, ns)
+	gone := watchGone(t, pod)
+
+	before := time.Now().Truncate(time.Second)
+	kubectlExec(t, aliceKubeconfig, pod, "sh", "-c", "echo drift > /etc/motd")
+	rec := waitRecord(t, pod)
+
+	if rec.PodUID != pod.UID {
+		t.Errorf("record bound to %s, want pod UID %s", rec.PodUID, pod.UID)
+	}
+	e := rec.First
+	if e.User != alice || !slices.Contains(e.Groups, "dev") || e.Operation != record.OpExec || e.Container != "app" ||
+		!slices.Equal(e.Command, []string{"sh", "-c", "echo drift > /etc/motd"}) {
+		t.Errorf("entry = %+v", e)
+	}
+	if e.Time.Before(before) || e.Time.After(time.Now()) {
+		t.Errorf("entry time %s outside the exec", e.Time)
+	}
+	if want := e.Time.Add(TTL); !rec.Deadline.Equal(want) {
+		t.Errorf("deadline %s, want entry time + ttl = %s", rec.Deadline, want)
+	}
+	// One kubectl exec reaches admission twice (WebSocket, then SPDY): one
+	// entry, one Event.
+	if rec.Entries != 1 {
+		t.Errorf("entries = %d, want 1", rec.Entries)
+	}
+	ev := waitEvents(t, pod, provider.ReasonEntered, 1)[0]
+	if !strings.Contains(ev.Message, alice) || !strings.Contains(ev.Message, rec.Deadline.Format(time.RFC3339)) {
+		t.Errorf("event message %q lacks the user or the deadline", ev.Message)
+	}
+
+	assertEvictedOnTime(t, gone, rec.Deadline)
+	waitEvents(t, pod, deleter.ReasonEvicted, 1)
+}
+
+// Scenario 2: kubectl attach and kubectl debug.
+func TestAttachAndDebugAreRecordedAndEvicted(t *testing.T) {
+	ns := namespace(t, "e2e-attach-debug")
+	t.Run("attach", func(t *testing.T) {
+		pod := barePod(t, ns, "attached", appLabels)
+		gone := watchGone(t, pod)
+		_, stderr, err := kubectl(t, aliceKubeconfig, "attach", "-n", ns, pod.Name, "-c", "app")
+		assertAdmitted(t, "attach", stderr, err)
+		rec := waitRecord(t, pod)
+		if rec.First.Operation != record.OpAttach || rec.First.Container != "app" || len(rec.First.Command) != 0 {
+			t.Errorf("entry = %+v", rec.First)
+		}
+		waitEvents(t, pod, provider.ReasonEntered, 1)
+		assertEvictedOnTime(t, gone, rec.Deadline)
+	})
+	t.Run("debug", func(t *testing.T) {
+		pod := barePod(t, ns, "debugged", appLabels)
+		gone := watchGone(t, pod)
+		_, stderr, err := kubectl(t, aliceKubeconfig, "debug", "-n", ns, pod.Name, "--image=registry.invalid/busybox:1",
+			"-c", "debugger", "--target=app", "--", "sh", "-c", "id")
+		if err != nil {
+			t.Fatalf("kubectl debug: %v\n%s", err, stderr)
+		}
+		rec := waitRecord(t, pod)
+		if rec.First.Operation != record.OpDebug || rec.First.Container != "debugger" ||
+			!slices.Equal(rec.First.Command, []string{"sh", "-c", "id"}) {
+			t.Errorf("entry = %+v", rec.First)
+		}
+		waitEvents(t, pod, provider.ReasonEntered, 1)
+		assertEvictedOnTime(t, gone, rec.Deadline)
+	})
+}
+
+// Scenario 3: exempt user, exempt group and excluded namespace.
+func TestExemptionsRecordNothing(t *testing.T) {
+	ns := namespace(t, "e2e-exempt")
+	breakglassKubeconfig, err := c.Kubeconfig("breakglass", breakglass, "system:authenticated")
+	if err != nil {
+		t.Fatal(err)
+	}
+	oncallKubeconfig, err := c.Kubeconfig("oncall", "bob@example.com", oncall, "system:authenticated")
+	if err != nil {
+		t.Fatal(err)
+	}
+	excluded := namespace(t, excludedNS)
+	cases := []struct {
+		name       string
+		kubeconfig string
+		ns         string
+	}{
+		{"exempt user", breakglassKubeconfig, ns},
+		{"exempt group", oncallKubeconfig, ns},
+		{"excluded namespace", aliceKubeconfig, excluded},
+	}
+	// A sentinel exec by alice, recorded, proves each exec above reached
+	// Gatekeeper and the provider with the same policy in force.
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := barePod(t, tc.ns, "exempt-"+strings.ReplaceAll(tc.name, " ", "-"), appLabels)
+			kubectlExec(t, tc.kubeconfig, pod, "true")
+			sentinel := barePod(t, ns, "sentinel-"+strings.ReplaceAll(tc.name, " ", "-"), appLabels)
+			kubectlExec(t, aliceKubeconfig, sentinel, "true")
+			waitRecord(t, sentinel)
+			assertNoRecord(t, pod)
+			if evs := events(t, pod, provider.ReasonEntered); len(evs) != 0 {
+				t.Errorf("exempt exec produced events: %+v", evs)
+			}
+		})
+	}
+}
+
+// Scenario 4: a second exec later never moves the deadline.
+func TestReentryKeepsDeadline(t *testing.T) {
+	ns := namespace(t, "e2e-reentry")
+	pod := barePod(t, ns, "twice", appLabels)
+	gone := watchGone(t, pod)
+	kubectlExec(t, aliceKubeconfig, pod, "true")
+	first := waitRecord(t, pod)
+	// Wait for the next second, so the second entry is later than the first.
+	poll(t, "a later second", 2*time.Second, func(context.Context) (bool, error) {
+		return time.Now().Truncate(time.Second).After(first.First.Time), nil
+	})
+	kubectlExec(t, aliceKubeconfig, pod, "cat", "/etc/shadow")
+	var second record.Record
+	poll(t, "the second entry", recordTimeout, func(ctx context.Context) (bool, error) {
+		second = waitRecord(t, pod)
+		return second.Entries == 2, nil
+	})
+	if !second.Deadline.Equal(first.Deadline) {
+		t.Errorf("deadline moved from %s to %s", first.Deadline, second.Deadline)
+	}
+	if !slices.Equal(second.Last.Command, []string{"cat", "/etc/shadow"}) || second.First.RequestUID != first.First.RequestUID {
+		t.Errorf("second record = %+v", second)
+	}
+	waitEvents(t, pod, provider.ReasonEntered, 2)
+	assertEvictedOnTime(t, gone, first.Deadline)
+}
+
+// Scenario 5: a pod deleted and recreated with the same name (as a
+// StatefulSet does) before the deadline is not evicted, even when the new
+// pod carries the old pod's labels and annotations.
+func TestRecreatedPodIsNotEvicted(t *testing.T) {
+	ns := namespace(t, "e2e-recreate")
+	ctx := context.Background()
+	pod := barePod(t, ns, "db-0", appLabels)
+	kubectlExec(t, aliceKubeconfig, pod, "true")
+	rec := waitRecord(t, pod)
+	old, err := c.Client().CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Client().CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "old pod gone", podTimeout, func(ctx context.Context) (bool, error) {
+		_, err := c.Client().CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+		return err != nil, nil
+	})
+	copied := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: ns, Labels: old.Labels, Annotations: old.Annotations},
+		Spec:       appSpec(),
+	}
+	fresh, err := c.Client().CoreV1().Pods(ns).Create(ctx, copied, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh.UID == pod.UID {
+		t.Fatal("recreated pod kept its UID")
+	}
+	// A sentinel recorded after the copy, with a deadline after the copy's,
+	// tells when the deleter has passed the copy's deadline.
+	sentinel := barePod(t, ns, "sentinel", appLabels)
+	sentinelGone := watchGone(t, sentinel)
+	kubectlExec(t, aliceKubeconfig, sentinel, "true")
+	srec := waitRecord(t, sentinel)
+	if !srec.Deadline.After(rec.Deadline) {
+		t.Fatalf("sentinel deadline %s not after %s", srec.Deadline, rec.Deadline)
+	}
+	assertEvictedOnTime(t, sentinelGone, srec.Deadline)
+	still, err := c.Client().CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+	if err != nil || still.UID != fresh.UID || still.DeletionTimestamp != nil {
+		t.Fatalf("the recreated pod was evicted: %v %+v", err, still)
+	}
+	if n := len(events(t, fresh, deleter.ReasonEvicted)); n != 0 {
+		t.Errorf("%d eviction events on the recreated pod", n)
+	}
+}
+
+// Scenario 6: a PodDisruptionBudget that refuses the eviction.
+func TestPodDisruptionBudgetHolds(t *testing.T) {
+	ns := namespace(t, "e2e-pdb")
+	ctx := context.Background()
+	labels := map[string]string{"app": "guarded"}
+	pod := barePod(t, ns, "guarded", labels)
+	// Make the pod Running and Ready, as a kubelet would; a PDB only counts
+	// healthy pods, and a Pending pod may always be evicted.
+	pod.Status.Phase = corev1.PodRunning
+	pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: metav1.Now()}}
+	pod, err := c.Client().CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pdb := &policyv1.PodDisruptionBudget{
+		ObjectMeta: metav1.ObjectMeta{Name: "guard", Namespace: ns},
+		Spec: policyv1.PodDisruptionBudgetSpec{
+			MinAvailable: ptrIntStr(intstr.FromInt32(1)),
+			Selector:     &metav1.LabelSelector{MatchLabels: labels},
+		},
+	}
+	if _, err := c.Client().PolicyV1().PodDisruptionBudgets(ns).Create(ctx, pdb, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "the disruption controller to observe the PDB", podTimeout, func(ctx context.Context) (bool, error) {
+		p, err := c.Client().PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "guard", metav1.GetOptions{})
+		return err == nil && p.Status.ObservedGeneration == p.Generation && p.Status.CurrentHealthy == 1, nil
+	})
+	gone := watchGone(t, pod)
+
+	kubectlExec(t, aliceKubeconfig, pod, "true")
+	rec := waitRecord(t, pod)
+	evs := waitEventsAtLeast(t, pod, deleter.ReasonEvictionRefused, time.Until(rec.Deadline)+evictionTimeout)
+	if !strings.Contains(evs[0].Message, "disruption budget") {
+		t.Errorf("refusal event %q does not say why", evs[0].Message)
+	}
+	if p, err := c.Client().CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{}); err != nil || p.DeletionTimestamp != nil {
+		t.Fatalf("pod evicted despite its PodDisruptionBudget: %v", err)
+	}
+
+	allowedAt := time.Now()
+	if _, _, err := kubectl(t, "", "patch", "pdb", "guard", "-n", ns, "--type=merge", "-p", `{"spec":{"minAvailable":0}}`); err != nil {
+		t.Fatal(err)
+	}
+	at, ok := gone(evictionTimeout)
+	if !ok {
+		t.Fatal("pod not evicted once its PodDisruptionBudget allowed it")
+	}
+	t.Logf("evicted %s after the budget allowed it", at.Sub(allowedAt).Round(time.Millisecond))
+	waitEvents(t, pod, deleter.ReasonEvicted, 1)
+}
+
+func ptrIntStr(v intstr.IntOrString) *intstr.IntOrString { return &v }
+
+func waitEventsAtLeast(t *testing.T, pod *corev1.Pod, reason string, timeout time.Duration) []corev1.Event {
+	t.Helper()
+	var evs []corev1.Event
+	poll(t, reason+" event on "+pod.Name, timeout, func(context.Context) (bool, error) {
+		evs = events(t, pod, reason)
+		return len(evs) > 0, nil
+	})
+	return evs
+}
+
+// Scenario 8: the deleter restarted while a deadline is pending evicts on
+// time, and two replicas evict exactly once.
+func TestDeleterFailover(t *testing.T) {
+	ns := namespace(t, "e2e-failover")
+	ctx := context.Background()
+	pod := barePod(t, ns, "pending-deadline", appLabels)
+	gone := watchGone(t, pod)
+	kubectlExec(t, aliceKubeconfig, pod, "true")
+	rec := waitRecord(t, pod)
+
+	// Stop whichever replica leads (SIGTERM: it hands the lease over), then
+	// start it again; the other one takes over.
+	leader := leaderIndex(t)
+	if err := inst.StopDeleter(leader); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.StartDeleter(ctx, leader); err != nil {
+		t.Fatal(err)
+	}
+	if l := leaderIndex(t); l == leader && time.Now().Before(rec.Deadline) {
+		t.Logf("replica %d leads again after its restart", l)
+	}
+	assertEvictedOnTime(t, gone, rec.Deadline)
+	// Exactly one eviction: one Evicted event, and the other replica saw
+	// nothing to do.
+	waitEvents(t, pod, deleter.ReasonEvicted, 1)
+}
+
+// leaderIndex returns which deleter replica holds the Lease.
+func leaderIndex(t *testing.T) int {
+	t.Helper()
+	var idx = -1
+	poll(t, "a deleter leader", podTimeout, func(ctx context.Context) (bool, error) {
+		lease, err := c.Client().CoordinationV1().Leases("gatekeeper-system").Get(ctx, "exec-reaper-deleter", metav1.GetOptions{})
+		if err != nil || lease.Spec.HolderIdentity == nil {
+			return false, nil
+		}
+		for n := range inst.Deleters {
+			if *lease.Spec.HolderIdentity == deleterName(n) && inst.Deleters[n] != nil {
+				idx = n
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	return idx
+}
+
+func deleterName(n int) string { return fmt.Sprintf("exec-reaper-deleter-%d", n) }
+
+// Scenario 9: what people see. kubectl debug prints the admission warning;
+// kubectl exec and attach do not print warnings (client-go drops them), so
+// the Event is their channel; the strict constraint's denial reaches the
+// exec user and says why.
+func TestWhatUsersSee(t *testing.T) {
+	ns := namespace(t, "e2e-ux")
+	pod := barePod(t, ns, "visible", appLabels)
+	_, stderr, err := kubectl(t, aliceKubeconfig, "debug", "-n", ns, pod.Name, "--image=registry.invalid/busybox:1", "-c", "dbg", "--", "sh")
+	if err != nil {
+		t.Fatalf("kubectl debug: %v", err)
+	}
+	if !strings.Contains(stderr, "Warning: [exec-reaper] exec-reaper recorded this debug into pod "+ns+"/"+pod.Name) {
+		t.Errorf("kubectl debug did not print the notice; stderr:\n%s", stderr)
+	}
+	exec := kubectlExec(t, aliceKubeconfig, barePod(t, ns, "quiet", appLabels), "true")
+	if strings.Contains(exec, "Warning:") {
+		t.Errorf("kubectl exec printed a warning (measured not to; update the README): %s", exec)
+	}
+}
+
+// Scenario 7: provider down, then back. Runs last among the policy tests:
+// it stops the provider.
+func TestProviderDown(t *testing.T) {
+	ns := namespace(t, "e2e-down")
+	strict := namespace(t, strictNS)
+	if err := inst.StopProvider(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if inst.Provider == nil {
+			_ = inst.StartProvider(context.Background())
+		}
+	})
+
+	// The default constraint fails open: exec admitted, nothing recorded,
+	// and kubectl debug shows why.
+	pod := barePod(t, ns, "open", appLabels)
+	kubectlExec(t, aliceKubeconfig, pod, "true")
+	assertNoRecord(t, pod)
+	_, stderr, err := kubectl(t, aliceKubeconfig, "debug", "-n", ns, pod.Name, "--image=registry.invalid/busybox:1", "-c", "dbg", "--", "sh")
+	if err != nil {
+		t.Fatalf("kubectl debug with the provider down: %v", err)
+	}
+	if !strings.Contains(stderr, "exec-reaper could not record this debug") || !strings.Contains(stderr, "provider is unavailable") {
+		t.Errorf("kubectl debug did not warn that recording failed:\n%s", stderr)
+	}
+
+	// The strict constraint fails closed, and says why to the exec user.
+	guarded := barePod(t, strict, "closed", appLabels)
+	_, stderr, err = kubectl(t, aliceKubeconfig, "exec", "-n", strict, guarded.Name, "-c", "app", "--", "true")
+	if err == nil || !strings.Contains(stderr, "exec-reaper denied this exec into pod "+strict+"/"+guarded.Name) ||
+		!strings.Contains(stderr, "must be recorded first") || !strings.Contains(stderr, "provider is unavailable") {
+		t.Fatalf("strict exec not denied with a clear message: %v\n%s", err, stderr)
+	}
+	assertNoRecord(t, guarded)
+
+	// Provider back: recording works again, in both.
+	if err := inst.StartProvider(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	kubectlExec(t, aliceKubeconfig, guarded, "true")
+	waitRecord(t, guarded)
+	again := barePod(t, ns, "again", appLabels)
+	kubectlExec(t, aliceKubeconfig, again, "true")
+	waitRecord(t, again)
+}
+

@@ -1,0 +1,497 @@
+// Package install puts exec-reaper onto a local control plane the way its Helm
+// chart does in a cluster, for the end-to-end suite and `make demo`: it
+// renders the chart, applies its ServiceAccounts, RBAC, Secret and Provider
+// object for real (and the rest with a server-side dry run, since there is no
+// node to run Deployments), then runs the provider and deleter binaries as
+// local processes with the chart's own arguments, each authenticated as its
+// chart ServiceAccount, so the tests prove the chart's permissions suffice.
+package install
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	"github.com/exec-reaper/exec-reaper/test/cluster"
+)
+
+// Namespace is where the chart installs by default: Gatekeeper's.
+const Namespace = "gatekeeper-system"
+
+// Timeouts for the steps of Setup.
+const (
+	BuildTimeout      = 5 * time.Minute
+	ReadyTimeout      = 60 * time.Second
+	ConstraintTimeout = 60 * time.Second
+)
+
+// Options configure Setup.
+type Options struct {
+	// Cluster is a running control plane with Gatekeeper.
+	Cluster *cluster.Cluster
+	// RepoRoot is the repository checkout.
+	RepoRoot string
+	// Helm is the helm binary.
+	Helm string
+	// Values are extra `helm template --set` values.
+	Values []string
+	// DeleterReplicas is how many deleter processes run (leader election picks one).
+	DeleterReplicas int
+	// Log receives progress lines; may be nil.
+	Log io.Writer
+}
+
+// Install is exec-reaper running on a local control plane.
+type Install struct {
+	opts    Options
+	c       *cluster.Cluster
+	binDir  string
+	dir     string
+	objects []*unstructured.Unstructured
+
+	// ProviderName is the Provider object's name.
+	ProviderName string
+	// CertSecret is the Secret (in Namespace) holding the provider's
+	// certificate, managed by cert-controller.
+	CertSecret string
+
+	providerArgs, deleterArgs []string
+	providerKubeconfig        string
+	deleterKubeconfig         string
+	providerAddr              string
+	providerProbe             string
+
+	// Provider is the running provider process, nil while stopped.
+	Provider *cluster.Process
+	// Deleters are the deleter replicas; an entry is nil while stopped.
+	Deleters []*cluster.Process
+	// DeleterProbes are the deleters' probe/metrics base URLs.
+	DeleterProbes []string
+}
+
+func (i *Install) logf(format string, args ...any) {
+	if i.opts.Log != nil {
+		fmt.Fprintf(i.opts.Log, format+"\n", args...)
+	}
+}
+
+// Setup builds and installs exec-reaper and waits until it serves.
+func Setup(ctx context.Context, opts Options) (*Install, error) {
+	if opts.DeleterReplicas == 0 {
+		opts.DeleterReplicas = 2
+	}
+	i := &Install{opts: opts, c: opts.Cluster, dir: filepath.Join(opts.Cluster.Dir, "exec-reaper")}
+	i.binDir = filepath.Join(i.dir, "bin")
+	steps := []struct {
+		what string
+		run  func(context.Context) error
+	}{
+		{"building exec-reaper", i.build},
+		{"rendering and applying the Helm chart", i.applyChart},
+		{"starting the provider", i.StartProvider},
+		{"starting the deleters", i.startDeleters},
+	}
+	for _, s := range steps {
+		start := time.Now()
+		i.logf("  %s", s.what)
+		if err := s.run(ctx); err != nil {
+			return i, fmt.Errorf("%s: %w", s.what, err)
+		}
+		i.logf("  %s: done in %s", s.what, time.Since(start).Round(time.Millisecond))
+	}
+	return i, nil
+}
+
+func (i *Install) build(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, BuildTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", i.binDir+"/", "./cmd/exec-reaper-provider", "./cmd/exec-reaper-deleter")
+	cmd.Dir = i.opts.RepoRoot
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%w: %s", err, out)
+	}
+	return nil
+}
+
+// applyChart renders the chart, applies what can exist without nodes, and
+// keeps the rendered Deployments' arguments for the local processes.
+func (i *Install) applyChart(ctx context.Context) error {
+	args := append([]string{"template", "exec-reaper", filepath.Join(i.opts.RepoRoot, "charts", "exec-reaper"),
+		"--namespace", Namespace}, setFlags(i.opts.Values)...)
+	out, err := exec.CommandContext(ctx, i.opts.Helm, args...).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return fmt.Errorf("helm template: %w: %s", err, ee.Stderr)
+		}
+		return err
+	}
+	if i.objects, err = decodeAll(out); err != nil {
+		return err
+	}
+
+	// In a cluster, Gatekeeper's cert-controller fills this Secret; the
+	// local Gatekeeper runs with certificates from a directory instead.
+	if err := i.gatekeeperCASecret(ctx); err != nil {
+		return err
+	}
+
+	var now, dryRun []*unstructured.Unstructured
+	for _, o := range i.objects {
+		switch o.GetKind() {
+		case "Deployment":
+			if err := i.takeArgs(o); err != nil {
+				return err
+			}
+			dryRun = append(dryRun, o)
+		case "Provider":
+			i.ProviderName = o.GetName()
+			now = append(now, o)
+		case "Service", "PodDisruptionBudget":
+			dryRun = append(dryRun, o)
+		default:
+			now = append(now, o)
+		}
+	}
+	if i.providerArgs == nil || i.deleterArgs == nil {
+		return errors.New("the chart rendered no provider or no deleter Deployment")
+	}
+	if err := i.apply(ctx, "chart.yaml", now); err != nil {
+		return err
+	}
+	if err := i.apply(ctx, "chart-dry-run.yaml", dryRun, "--dry-run=server"); err != nil {
+		return err
+	}
+	return nil
+}
+
+func setFlags(values []string) []string {
+	var out []string
+	for _, v := range values {
+		out = append(out, "--set", v)
+	}
+	return out
+}
+
+func (i *Install) apply(ctx context.Context, name string, objs []*unstructured.Unstructured, extra ...string) error {
+	var buf bytes.Buffer
+	for _, o := range objs {
+		b, err := yaml.Marshal(o.Object)
+		if err != nil {
+			return err
+		}
+		buf.WriteString("---\n")
+		buf.Write(b)
+	}
+	path := filepath.Join(i.dir, name)
+	if err := os.MkdirAll(i.dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		return err
+	}
+	_, _, err := i.c.Kubectl(ctx, "", append([]string{"apply", "-f", path}, extra...)...)
+	return err
+}
+
+func decodeAll(data []byte) ([]*unstructured.Unstructured, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+	var objs []*unstructured.Unstructured
+	for {
+		var m map[string]any
+		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
+			return objs, nil
+		} else if err != nil {
+			return nil, fmt.Errorf("decoding rendered chart: %w", err)
+		}
+		if len(m) == 0 {
+			continue
+		}
+		objs = append(objs, &unstructured.Unstructured{Object: m})
+	}
+}
+
+// takeArgs records the container arguments and ServiceAccount of a
+// Deployment, and issues a kubeconfig for that ServiceAccount.
+func (i *Install) takeArgs(d *unstructured.Unstructured) error {
+	containers, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "containers")
+	sa, _, _ := unstructured.NestedString(d.Object, "spec", "template", "spec", "serviceAccountName")
+	if len(containers) == 0 || sa == "" {
+		return fmt.Errorf("deployment %s has no container or no serviceAccountName", d.GetName())
+	}
+	c, _ := containers[0].(map[string]any)
+	var cmd []string
+	for _, field := range []string{"command", "args"} {
+		v, _, _ := unstructured.NestedStringSlice(c, field)
+		cmd = append(cmd, v...)
+	}
+	joined := strings.Join(cmd, " ")
+	user := "system:serviceaccount:" + Namespace + ":" + sa
+	kubeconfig, err := i.c.Kubeconfig(sa, user, "system:serviceaccounts", "system:serviceaccounts:"+Namespace, "system:authenticated")
+	if err != nil {
+		return err
+	}
+	switch {
+	case strings.Contains(joined, "exec-reaper-provider"):
+		i.providerArgs, i.providerKubeconfig = flagsOnly(cmd), kubeconfig
+		i.CertSecret = flagValue(i.providerArgs, "cert-secret")
+		if _, name, ok := strings.Cut(i.CertSecret, "/"); ok {
+			i.CertSecret = name
+		}
+	case strings.Contains(joined, "exec-reaper-deleter"):
+		i.deleterArgs, i.deleterKubeconfig = flagsOnly(cmd), kubeconfig
+	default:
+		return fmt.Errorf("deployment %s runs neither binary: %s", d.GetName(), joined)
+	}
+	return nil
+}
+
+func flagsOnly(cmd []string) []string {
+	var out []string
+	for _, a := range cmd {
+		if strings.HasPrefix(a, "-") {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func flagValue(args []string, name string) string {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(strings.TrimLeft(a, "-"), name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// override replaces or adds --name=value flags.
+func override(args []string, kv map[string]string) []string {
+	var out []string
+	for _, a := range args {
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if _, ok := kv[name]; !ok {
+			out = append(out, a)
+		}
+	}
+	for k, v := range kv {
+		out = append(out, "--"+k+"="+v)
+	}
+	return out
+}
+
+// gatekeeperCASecret publishes the local Gatekeeper's certificate as the
+// Secret Gatekeeper's own cert-controller keeps in a cluster.
+func (i *Install) gatekeeperCASecret(ctx context.Context) error {
+	data := map[string][]byte{}
+	for _, f := range []string{"ca.crt", "tls.crt", "tls.key"} {
+		b, err := os.ReadFile(filepath.Join(i.c.GatekeeperCertDir, f))
+		if err != nil {
+			return err
+		}
+		data[f] = b
+	}
+	s := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "gatekeeper-webhook-server-cert", Namespace: Namespace},
+		Data:       data,
+	}
+	_, err := i.c.Client().CoreV1().Secrets(Namespace).Create(ctx, s, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return nil
+	}
+	return err
+}
+
+// StartProvider runs the provider with the chart's arguments, bound to
+// loopback, and points the Provider object at it. It returns once the
+// provider is ready: certificate issued by cert-controller, caBundle
+// injected, Gatekeeper's CA loaded.
+func (i *Install) StartProvider(ctx context.Context) error {
+	if i.providerAddr == "" {
+		port, err := cluster.FreePort()
+		if err != nil {
+			return err
+		}
+		probe, err := cluster.FreePort()
+		if err != nil {
+			return err
+		}
+		i.providerAddr = "127.0.0.1:" + strconv.Itoa(port)
+		i.providerProbe = "127.0.0.1:" + strconv.Itoa(probe)
+		if err := i.pointProvider(ctx, "https://localhost:"+strconv.Itoa(port)+"/v1/record"); err != nil {
+			return err
+		}
+	}
+	dir := filepath.Join(i.dir, "provider")
+	args := override(i.providerArgs, map[string]string{
+		"kubeconfig":     i.providerKubeconfig,
+		"addr":           i.providerAddr,
+		"probe-addr":     i.providerProbe,
+		"tls-cert-file":  filepath.Join(dir, "certs", "tls.crt"),
+		"tls-key-file":   filepath.Join(dir, "certs", "tls.key"),
+		"client-ca-file": filepath.Join(dir, "client-ca", "ca.crt"),
+		// Gatekeeper dials localhost here, not the Service's name.
+		"dns-name": "localhost",
+		"v":        "1",
+	})
+	p, err := i.c.StartProcess(ctx, "exec-reaper-provider", append([]string{filepath.Join(i.binDir, "exec-reaper-provider")}, args...), nil)
+	if err != nil {
+		return err
+	}
+	i.Provider = p
+	return waitReady(ctx, p, "http://"+i.providerProbe+"/readyz")
+}
+
+// StopProvider stops the provider process.
+func (i *Install) StopProvider() error {
+	if i.Provider == nil {
+		return nil
+	}
+	err := i.Provider.Stop()
+	i.Provider = nil
+	return err
+}
+
+// pointProvider sets the Provider object's URL to the local provider.
+func (i *Install) pointProvider(ctx context.Context, url string) error {
+	_, _, err := i.c.Kubectl(ctx, "", "patch", "providers.externaldata.gatekeeper.sh", i.ProviderName,
+		"--type=merge", "-p", fmt.Sprintf(`{"spec":{"url":%q}}`, url))
+	return err
+}
+
+func (i *Install) startDeleters(ctx context.Context) error {
+	i.Deleters = make([]*cluster.Process, i.opts.DeleterReplicas)
+	i.DeleterProbes = make([]string, i.opts.DeleterReplicas)
+	for n := range i.Deleters {
+		if err := i.StartDeleter(ctx, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StartDeleter (re)starts deleter replica n and waits until it is ready.
+func (i *Install) StartDeleter(ctx context.Context, n int) error {
+	if i.DeleterProbes[n] == "" {
+		port, err := cluster.FreePort()
+		if err != nil {
+			return err
+		}
+		i.DeleterProbes[n] = "127.0.0.1:" + strconv.Itoa(port)
+	}
+	name := fmt.Sprintf("exec-reaper-deleter-%d", n)
+	args := override(i.deleterArgs, map[string]string{
+		"kubeconfig": i.deleterKubeconfig,
+		"probe-addr": i.DeleterProbes[n],
+		"v":          "1",
+	})
+	env := []string{"POD_NAMESPACE=" + Namespace, "POD_NAME=" + name}
+	p, err := i.c.StartProcess(ctx, name, append([]string{filepath.Join(i.binDir, "exec-reaper-deleter")}, args...), env)
+	if err != nil {
+		return err
+	}
+	i.Deleters[n] = p
+	return waitReady(ctx, p, "http://"+i.DeleterProbes[n]+"/readyz")
+}
+
+// StopDeleter stops deleter replica n gracefully (it hands its lease over).
+func (i *Install) StopDeleter(n int) error {
+	if i.Deleters[n] == nil {
+		return nil
+	}
+	err := i.Deleters[n].Stop()
+	i.Deleters[n] = nil
+	return err
+}
+
+// ProviderMetrics returns the provider's /metrics text.
+func (i *Install) ProviderMetrics(ctx context.Context) (string, error) {
+	return get(ctx, "http://"+i.providerProbe+"/metrics")
+}
+
+// DeleterMetrics returns replica n's /metrics text.
+func (i *Install) DeleterMetrics(ctx context.Context, n int) (string, error) {
+	return get(ctx, "http://"+i.DeleterProbes[n]+"/metrics")
+}
+
+func get(ctx context.Context, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return string(b), fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return string(b), err
+}
+
+func waitReady(ctx context.Context, p *cluster.Process, url string) error {
+	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, ReadyTimeout, true, func(ctx context.Context) (bool, error) {
+		if exited, err := p.Exited(); exited {
+			return false, fmt.Errorf("%s exited: %v (see %s)", p.Name, err, p.LogFile)
+		}
+		_, err := get(ctx, url)
+		return err == nil, nil
+	})
+}
+
+// ApplyPolicies applies the repository's template and the given constraint
+// files with kubectl, retrying constraints until Gatekeeper has created
+// their CRD, then patches each constraint with the given JSON merge patch.
+func (i *Install) ApplyPolicies(ctx context.Context, template string, constraints map[string]string) error {
+	if err := i.c.ApplyFile(ctx, "", filepath.Join(i.opts.RepoRoot, template)); err != nil {
+		return err
+	}
+	for file, patch := range constraints {
+		path := filepath.Join(i.opts.RepoRoot, file)
+		var lastErr error
+		err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, ConstraintTimeout, true, func(ctx context.Context) (bool, error) {
+			_, _, lastErr = i.c.Kubectl(ctx, "", "apply", "-f", path)
+			return lastErr == nil, nil
+		})
+		if err != nil {
+			return fmt.Errorf("applying %s: %w (last: %v)", file, err, lastErr)
+		}
+		if patch == "" {
+			continue
+		}
+		obj, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		var meta struct {
+			Kind     string            `json:"kind"`
+			Metadata metav1.ObjectMeta `json:"metadata"`
+		}
+		if err := yaml.Unmarshal(obj, &meta); err != nil {
+			return err
+		}
+		if _, _, err := i.c.Kubectl(ctx, "", "patch", strings.ToLower(meta.Kind), meta.Metadata.Name, "--type=merge", "-p", patch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
