@@ -12,6 +12,10 @@ export EXEC_REAPER_TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/exec-re
 RACE_PKGS := ./record/... ./provider/... ./deleter/... ./internal/... ./verifier/...
 UNIT_PKGS := ./templates/... ./cmd/...
 
+# The pinned control-plane tools, built on first use.
+TOOLS_ENV = EXEC_REAPER_KUBE_TOOLS="$$(hack/tools.sh kube)" EXEC_REAPER_GATEKEEPER="$$(hack/tools.sh gatekeeper)" \
+	EXEC_REAPER_HELM="$$(hack/tools.sh helm)/helm"
+
 .PHONY: all build test lint unit e2e verify-policies chart-test bench demo up down image tools clean
 
 all: build
@@ -38,19 +42,16 @@ chart-test: ## helm lint and render tests of the chart.
 	EXEC_REAPER_HELM="$$(hack/tools.sh helm)/helm" $(GO) test -count=1 ./charts/...
 
 e2e: ## End-to-end suite on a local control plane with real Gatekeeper and kubectl.
-	EXEC_REAPER_KUBE_TOOLS="$$(hack/tools.sh kube)" EXEC_REAPER_GATEKEEPER="$$(hack/tools.sh gatekeeper)" \
-		$(GO) test -tags e2e -count=1 -timeout 30m -v ./test/... 2>&1 | tee /tmp/exec-reaper-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'
+	$(TOOLS_ENV) $(GO) test -tags e2e -count=1 -timeout 30m -v ./test/... 2>&1 | tee /tmp/exec-reaper-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'
 
 bench: ## Benchmarks; see BENCHMARKS.md.
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./provider/ ./record/ ./deleter/
 
 demo: build ## The main job: exec into a pod on a local control plane and watch exec-reaper evict it.
-	EXEC_REAPER_KUBE_TOOLS="$$(hack/tools.sh kube)" EXEC_REAPER_GATEKEEPER="$$(hack/tools.sh gatekeeper)" \
-		$(GO) run ./test/demo
+	$(TOOLS_ENV) $(GO) run ./test/demo
 
 up: build ## As demo, but leave the control plane running (make down stops it).
-	EXEC_REAPER_KUBE_TOOLS="$$(hack/tools.sh kube)" EXEC_REAPER_GATEKEEPER="$$(hack/tools.sh gatekeeper)" \
-		$(GO) run ./test/demo -up
+	$(TOOLS_ENV) $(GO) run ./test/demo -up
 
 down: ## Stop a control plane left by make up.
 	$(GO) run ./test/demo -down
