@@ -42,7 +42,7 @@ chart-test: ## helm lint and render tests of the chart.
 	EXEC_REAPER_HELM="$$(hack/tools.sh helm)/helm" $(GO) test -count=1 ./charts/...
 
 e2e: ## End-to-end suite on a local control plane with real Gatekeeper and kubectl.
-	$(TOOLS_ENV) $(GO) test -tags e2e -count=1 -timeout 30m -v ./test/... 2>&1 | tee /tmp/exec-reaper-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'
+	$(TOOLS_ENV) $(GO) test -tags e2e -count=1 -timeout 30m -v ./test/...
 
 bench: ## Benchmarks; see BENCHMARKS.md.
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./provider/ ./record/ ./deleter/

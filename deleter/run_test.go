@@ -192,6 +192,25 @@ func TestRunLeadsThenReturnsWhenLeaseIsTaken(t *testing.T) {
 	}
 }
 
+func TestRunReleasesLeaseOnShutdown(t *testing.T) {
+	client := fake.NewClientset()
+	withOptimisticLeases(client)
+	run := startRun(t, electedConfig(), client)
+
+	eventually(t, "leadership", func() bool {
+		lease, err := client.CoordinationV1().Leases(leaseNamespace).Get(context.Background(), leaseName, metav1.GetOptions{})
+		return err == nil && ptr.Deref(lease.Spec.HolderIdentity, "") == "a"
+	})
+	run.cancel()
+	if err := run.wait(t, "cancellation"); err != nil {
+		t.Errorf("Run returned %v after cancellation, want nil", err)
+	}
+	// Handing the lease over at once spares the next leader a lease duration.
+	if got := holder(t, client); got != "" {
+		t.Errorf("lease holder after a clean shutdown = %q, want none", got)
+	}
+}
+
 func TestRunFollowerDoesNotEvict(t *testing.T) {
 	client := fake.NewClientset(recordedPod("web", "uid-web", time.Now().Add(-time.Minute)), heldLease("b"))
 	withOptimisticLeases(client)

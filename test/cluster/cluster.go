@@ -201,12 +201,12 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("cluster: Options.Dir is required")
 	}
-	def := DefaultTools()
+	defaults := DefaultTools()
 	if opts.Tools.KubeDir == "" {
-		opts.Tools.KubeDir = def.KubeDir
+		opts.Tools.KubeDir = defaults.KubeDir
 	}
 	if opts.Tools.GatekeeperDir == "" {
-		opts.Tools.GatekeeperDir = def.GatekeeperDir
+		opts.Tools.GatekeeperDir = defaults.GatekeeperDir
 	}
 	if err := opts.Tools.check(opts.Gatekeeper); err != nil {
 		return nil, err
@@ -309,7 +309,7 @@ func (c *Cluster) startEtcd(ctx context.Context) (string, error) {
 		"--listen-peer-urls=" + peerURL,
 		"--initial-advertise-peer-urls=" + peerURL,
 		"--initial-cluster=default=" + peerURL,
-		"--unsafe-no-fsync",            // durability is worthless for a throwaway cluster; fsync is slow
+		"--unsafe-no-fsync",                // durability is worthless for a throwaway cluster; fsync is slow
 		"--quota-backend-bytes=1073741824", // 1 GiB: plenty, and bounds the disk a runaway test can fill
 		"--log-level=warn",
 	}, nil)
