@@ -421,6 +421,12 @@ func (i *Install) StopDeleter(n int) error {
 	return err
 }
 
+// ProviderURL is where Gatekeeper reaches the provider.
+func (i *Install) ProviderURL() string {
+	_, port, _ := strings.Cut(i.providerAddr, ":")
+	return "https://localhost:" + port + "/v1/record"
+}
+
 // ProviderMetrics returns the provider's /metrics text.
 func (i *Install) ProviderMetrics(ctx context.Context) (string, error) {
 	return get(ctx, "http://"+i.providerProbe+"/metrics")
