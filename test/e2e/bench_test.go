@@ -49,7 +49,7 @@ func providerClient(b testing.TB) *http.Client {
 // sends it, through the provider to the real API server (GET, PATCH, with
 // Gatekeeper's webhook on pod updates), for a distinct entry each time.
 func BenchmarkProviderRecord(b *testing.B) {
-	ns := namespace(&testing.T{}, "e2e-bench")
+	ns := namespace(b, "e2e-bench")
 	pod := benchPod(b, ns, "bench-provider")
 	client := providerClient(b)
 	latencies := make([]time.Duration, 0, b.N)
@@ -77,7 +77,7 @@ func BenchmarkProviderRecord(b *testing.B) {
 // BenchmarkGetPatch is the floor: the same GET and PATCH of the pod, made
 // directly, with no provider.
 func BenchmarkGetPatch(b *testing.B) {
-	ns := namespace(&testing.T{}, "e2e-bench")
+	ns := namespace(b, "e2e-bench")
 	pod := benchPod(b, ns, "bench-direct")
 	pods := c.Client().CoreV1().Pods(ns)
 	ctx := context.Background()

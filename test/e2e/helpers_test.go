@@ -67,7 +67,7 @@ func grantUsers(ctx context.Context) error {
 }
 
 // failWithLogs prints every component's log when t fails.
-func failWithLogs(t *testing.T) {
+func failWithLogs(t testing.TB) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("component logs:\n%s", c.Logs())
@@ -75,7 +75,7 @@ func failWithLogs(t *testing.T) {
 	})
 }
 
-func namespace(t *testing.T, name string) string {
+func namespace(t testing.TB, name string) string {
 	t.Helper()
 	failWithLogs(t)
 	ctx := context.Background()
@@ -92,7 +92,7 @@ func namespace(t *testing.T, name string) string {
 	return name
 }
 
-func poll(t *testing.T, what string, timeout time.Duration, cond func(ctx context.Context) (bool, error)) {
+func poll(t testing.TB, what string, timeout time.Duration, cond func(ctx context.Context) (bool, error)) {
 	t.Helper()
 	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, cond)
 	if err != nil {
