@@ -142,7 +142,9 @@ type Options struct {
 	Tools Tools
 	// Dir is the work directory for certificates, etcd data, kubeconfigs and
 	// logs. The caller owns it (e.g. t.TempDir()); Stop leaves it in place so
-	// logs survive a failure. Required.
+	// logs survive a failure. It should be new or empty: Start would reuse an
+	// earlier cluster's etcd data, signed with keys it no longer has.
+	// Required.
 	Dir string
 	// Log receives one line per startup step, with timings. May be nil.
 	Log io.Writer
