@@ -48,6 +48,15 @@ func NewRecorder(client kubernetes.Interface, clk clock.Clock, events *EventSink
 // the PATCH bound to the resourceVersion it read, retried on conflict. The
 // deadline only ever moves earlier. An entry that repeats the last one (the
 // same kubectl call reaching admission twice) writes nothing.
+//
+// The PATCH goes to the pod's status subresource, which accepts label and
+// annotation changes but no spec change. Gatekeeper's webhook deliberately
+// never sees status writes, and that matters: the provider is called from
+// inside a Gatekeeper review, and Gatekeeper bounds its concurrent reviews
+// (to GOMAXPROCS by default). A write that needed a second review could wait
+// for a slot held by the very request waiting on it, until the timeout. It
+// also spares every entry a webhook round trip, and the provider needs no
+// right to change pod specs.
 func (r *Recorder) Record(ctx context.Context, req Request) (Result, error) {
 	pods := r.client.CoreV1().Pods(req.Namespace)
 	entry := req.Entry(r.clock.Now())
@@ -70,7 +79,7 @@ func (r *Recorder) Record(ctx context.Context, req Request) (Result, error) {
 		if outcome == record.OutcomeRepeat {
 			return Result{Deadline: rec.Deadline, Outcome: outcome}, nil
 		}
-		_, err = pods.Patch(ctx, req.Name, types.MergePatchType, mergePatch(pod, rec), metav1.PatchOptions{FieldManager: FieldManager})
+		_, err = pods.Patch(ctx, req.Name, types.MergePatchType, mergePatch(pod, rec), metav1.PatchOptions{FieldManager: FieldManager}, "status")
 		if apierrors.IsConflict(err) && attempt < maxConflicts {
 			continue
 		}

@@ -189,6 +189,9 @@ func TestRecreatedPodIsNotEvicted(t *testing.T) {
 	}
 	// A sentinel recorded after the copy, with a deadline after the copy's,
 	// tells when the deleter has passed the copy's deadline.
+	poll(t, "a later second", 2*time.Second, func(context.Context) (bool, error) {
+		return time.Now().Truncate(time.Second).After(rec.First.Time), nil
+	})
 	sentinel := barePod(t, ns, "sentinel", appLabels)
 	sentinelGone := watchGone(t, sentinel)
 	kubectlExec(t, aliceKubeconfig, sentinel, "true")
