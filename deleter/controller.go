@@ -83,6 +83,10 @@ type Controller struct {
 	pods     corelisters.PodLister
 	synced   cache.InformerSynced
 	queue    workqueue.TypedRateLimitingInterface[cache.ObjectName]
+	// refusals backs off evictions refused by a PodDisruptionBudget. It is
+	// separate from the queue's own limiter, whose count bounds retries of
+	// other errors: waiting on a budget must not use up that allowance.
+	refusals workqueue.TypedRateLimiter[cache.ObjectName]
 	clock    clock.Clock
 	recorder events.EventRecorder
 	opts     Options
@@ -105,6 +109,7 @@ func NewController(client kubernetes.Interface, informer coreinformers.PodInform
 			workqueue.NewTypedItemExponentialFailureRateLimiter[cache.ObjectName](opts.RetryBaseDelay, opts.RetryMaxDelay),
 			workqueue.TypedRateLimitingQueueConfig[cache.ObjectName]{Name: "exec-reaper-deleter", Clock: clk},
 		),
+		refusals: workqueue.NewTypedItemExponentialFailureRateLimiter[cache.ObjectName](opts.RetryBaseDelay, opts.RetryMaxDelay),
 		clock:    clk,
 		recorder: recorder,
 		opts:     opts,
@@ -112,7 +117,16 @@ func NewController(client kubernetes.Interface, informer coreinformers.PodInform
 	_, err := informer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    c.enqueue,
 		UpdateFunc: func(_, obj any) { c.enqueue(obj) },
-		// A deleted pod needs nothing; a queued key for it resolves to not found.
+		// A queued key for a deleted pod resolves to not found; only the
+		// dry-run memory of it needs clearing.
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			if pod, ok := obj.(*corev1.Pod); ok {
+				c.announced.Delete(pod.UID)
+			}
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -159,8 +173,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer utilruntime.HandleCrash()
 	log := klog.FromContext(ctx)
 	if !cache.WaitForNamedCacheSync("exec-reaper-deleter", ctx.Done(), c.synced) {
+		// Only a cancelled ctx ends the wait: a shutdown, not an error.
 		c.queue.ShutDown()
-		return ctx.Err()
+		return nil
 	}
 	log.Info("Started", "workers", c.opts.Workers, "dryRun", c.opts.DryRun)
 	var wg sync.WaitGroup
@@ -189,6 +204,9 @@ func (c *Controller) next(ctx context.Context) bool {
 	defer c.queue.Done(key)
 	log := klog.FromContext(ctx).WithValues("pod", key.String())
 	wait, err := c.sync(klog.NewContext(ctx, log), key)
+	if !errors.Is(err, errRefused) {
+		c.refusals.Forget(key)
+	}
 	switch {
 	case err == nil:
 		c.queue.Forget(key)
@@ -198,7 +216,7 @@ func (c *Controller) next(ctx context.Context) bool {
 	case errors.Is(err, errRefused):
 		// A PodDisruptionBudget holds the pod: retry for as long as it does.
 		log.V(1).Info("Eviction refused; will retry", "err", err)
-		c.queue.AddRateLimited(key)
+		c.queue.AddAfter(key, c.refusals.When(key))
 	case c.queue.NumRequeues(key) < c.opts.MaxRetries:
 		log.Error(err, "Evicting; will retry")
 		c.queue.AddRateLimited(key)

@@ -575,13 +575,10 @@ func TestRetriesOtherErrorsWithBackoff(t *testing.T) {
 	}
 }
 
-// TestRefusalsDoNotSpendRetries documents a bug: the rate limiter counts PDB
-// refusals and other failures together, so a pod a PodDisruptionBudget held
-// for MaxRetries attempts is dropped on the first transient error, without a
-// single retry, although MaxRetries is documented to bound only "evictions
-// that failed for reasons other than a PodDisruptionBudget".
+// TestRefusalsDoNotSpendRetries: PodDisruptionBudget refusals back off on a
+// limiter of their own, so a pod a budget held for MaxRetries attempts still
+// gets its MaxRetries retries when a transient error follows.
 func TestRefusalsDoNotSpendRetries(t *testing.T) {
-	t.Skip("known bug: controller.go next() compares NumRequeues, which includes PDB refusals, with MaxRetries; see the test's comment")
 	const maxRetries = 2
 	h := newHarness(t, deleter.Options{RetryBaseDelay: time.Second, RetryMaxDelay: time.Minute, MaxRetries: maxRetries},
 		recordedPod("web", "uid-web", epoch.Add(-time.Second)))

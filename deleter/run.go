@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -96,6 +97,7 @@ func Run(ctx context.Context, cfg Config, client kubernetes.Interface, clk clock
 	Register(reg, podInformer.Lister())
 
 	var elector *leaderelection.LeaderElector
+	var leading sync.WaitGroup
 	var healthz *leaderelection.HealthzAdaptor
 	if cfg.LeaderElection {
 		healthz = leaderelection.NewLeaderHealthzAdaptor(cfg.RenewDeadline)
@@ -115,6 +117,10 @@ func Run(ctx context.Context, cfg Config, client kubernetes.Interface, clk clock
 			Name:            cfg.LeaseName,
 			Callbacks: leaderelection.LeaderCallbacks{
 				OnStartedLeading: func(ctx context.Context) {
+					// client-go runs this in a goroutine of its own; Run waits
+					// for it, so workers never outlive Run.
+					leading.Add(1)
+					defer leading.Done()
 					log.Info("Leading", "identity", cfg.Identity)
 					_ = ctrl.Run(ctx)
 				},
@@ -152,6 +158,7 @@ func Run(ctx context.Context, cfg Config, client kubernetes.Interface, clk clock
 			return ctrl.Run(gctx)
 		}
 		elector.Run(gctx) // returns when leadership is lost or gctx is done
+		leading.Wait()
 		if gctx.Err() == nil {
 			return ErrLostLeadership
 		}
