@@ -79,10 +79,10 @@ func (o *Options) Default() {
 
 // Controller evicts recorded pods at their deadlines.
 type Controller struct {
-	client   kubernetes.Interface
-	pods     corelisters.PodLister
-	synced   cache.InformerSynced
-	queue    workqueue.TypedRateLimitingInterface[cache.ObjectName]
+	client kubernetes.Interface
+	pods   corelisters.PodLister
+	synced cache.InformerSynced
+	queue  workqueue.TypedRateLimitingInterface[cache.ObjectName]
 	// refusals backs off evictions refused by a PodDisruptionBudget. It is
 	// separate from the queue's own limiter, whose count bounds retries of
 	// other errors: waiting on a budget must not use up that allowance.
