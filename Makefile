@@ -35,8 +35,9 @@ unit: ## Unit tests; concurrent packages under -race.
 	$(GO) test -race -count=1 $(RACE_PKGS)
 	$(GO) test -count=1 $(UNIT_PKGS)
 
-verify-policies: ## Run the gator suites of every template (external data included).
+verify-policies: ## Run the gator suites of every template (external data included); stock gator on the pure-Rego ones.
 	$(GO) run ./cmd/exec-reaper-gator verify ./templates/...
+	"$$(hack/tools.sh gator)/gator" verify ./templates/record-guard/...
 
 chart-test: ## helm lint and render tests of the chart.
 	EXEC_REAPER_HELM="$$(hack/tools.sh helm)/helm" $(GO) test -count=1 ./charts/...
@@ -44,8 +45,9 @@ chart-test: ## helm lint and render tests of the chart.
 e2e: ## End-to-end suite on a local control plane with real Gatekeeper and kubectl.
 	$(TOOLS_ENV) $(GO) test -tags e2e -count=1 -timeout 30m -v ./test/...
 
-bench: ## Benchmarks; see BENCHMARKS.md.
-	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./provider/ ./record/ ./deleter/
+bench: ## Benchmarks; see BENCHMARKS.md. The second part runs against the local control plane.
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./provider/ ./record/
+	$(TOOLS_ENV) $(GO) test -tags e2e -count=1 -run '^$$' -bench . -benchtime 300x ./test/e2e/
 
 demo: build ## The main job: exec into a pod on a local control plane and watch exec-reaper evict it.
 	$(TOOLS_ENV) $(GO) run ./test/demo

@@ -23,9 +23,13 @@ import (
 func main() {
 	var cfg provider.Config
 	var kubeconfig string
+	var qps float64
+	var burst int
 	fs := flag.NewFlagSet(os.Args[0], flag.ExitOnError)
 	klog.InitFlags(fs)
 	fs.StringVar(&kubeconfig, "kubeconfig", "", "Path to a kubeconfig; empty means in-cluster.")
+	fs.Float64Var(&qps, "kube-api-qps", 500, "Client-side limit of API requests per second (two per entry).")
+	fs.IntVar(&burst, "kube-api-burst", 1000, "Client-side burst of API requests.")
 	fs.StringVar(&cfg.Addr, "addr", ":8443", "HTTPS address Gatekeeper calls.")
 	fs.StringVar(&cfg.ProbeAddr, "probe-addr", ":8081", "Plain-HTTP address for /livez, /readyz and /metrics.")
 	fs.StringVar(&cfg.CertFile, "tls-cert-file", "/certs/tls.crt", "Serving certificate (PEM), reloaded when it changes.")
@@ -54,20 +58,21 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, cfg, kubeconfig); err != nil {
+	if err := run(ctx, cfg, kubeconfig, qps, burst); err != nil {
 		fmt.Fprintln(os.Stderr, "exec-reaper-provider:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, cfg provider.Config, kubeconfig string) error {
+func run(ctx context.Context, cfg provider.Config, kubeconfig string, qps float64, burst int) error {
 	restCfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return fmt.Errorf("loading kubeconfig: %w", err)
 	}
 	restCfg.UserAgent = "exec-reaper-provider"
-	// The admission path waits on this client: allow bursts of execs.
-	restCfg.QPS, restCfg.Burst = 100, 200
+	// The admission path waits on this client, so it must not queue behind
+	// its own rate limit; the API server's priority and fairness protect it.
+	restCfg.QPS, restCfg.Burst = float32(qps), burst
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ctx = klog.NewContext(ctx, klog.Background().WithName("provider"))
