@@ -6,6 +6,7 @@
 #
 #   hack/tools.sh kube        etcd, kube-apiserver, kube-controller-manager, kubectl
 #   hack/tools.sh gatekeeper  the Gatekeeper manager
+#   hack/tools.sh gator       stock gator, to prove pure-Rego suites need nothing more
 #   hack/tools.sh staticcheck
 #   hack/tools.sh helm
 #
@@ -66,6 +67,11 @@ gatekeeper() {
 	chmod -R u+w "$out/crds"
 }
 
+gator() {
+	GOBIN="$out" go install -trimpath -ldflags "-s -w" \
+		"github.com/open-policy-agent/gatekeeper/v3/cmd/gator@$GATEKEEPER_VERSION"
+}
+
 staticcheck() {
 	GOBIN="$out" go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
 }
@@ -77,10 +83,11 @@ helm() {
 case "${1:-}" in
 kube) build kube "$KUBE_VERSION" kube ;;
 gatekeeper) build gatekeeper "$GATEKEEPER_VERSION" gatekeeper ;;
+gator) build gator "$GATEKEEPER_VERSION" gator ;;
 staticcheck) build staticcheck "$STATICCHECK_VERSION" staticcheck ;;
 helm) build helm "$HELM_VERSION" helm ;;
 *)
-	echo "usage: $0 kube|gatekeeper|staticcheck|helm" >&2
+	echo "usage: $0 kube|gatekeeper|gator|staticcheck|helm" >&2
 	exit 2
 	;;
 esac
