@@ -95,6 +95,16 @@ func (ca *CA) Issue(cn string, orgs, hosts []string, usages ...x509.ExtKeyUsage)
 	return Pair{CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: pemBlock("EC PRIVATE KEY", keyDER)}, nil
 }
 
+// KeyPEM returns the CA's private key, PEM-encoded (a cluster's controller
+// manager signs with it).
+func (ca *CA) KeyPEM() ([]byte, error) {
+	der, err := x509.MarshalECPrivateKey(ca.Key)
+	if err != nil {
+		return nil, err
+	}
+	return pemBlock("EC PRIVATE KEY", der), nil
+}
+
 // Server issues a serving certificate for hosts.
 func (ca *CA) Server(cn string, hosts ...string) (Pair, error) {
 	return ca.Issue(cn, nil, hosts, x509.ExtKeyUsageServerAuth)

@@ -26,7 +26,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -49,6 +48,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/exec-reaper/exec-reaper/internal/pki"
 )
 
 // Deadlines for each stage of Start. They are generous because the machines
@@ -179,7 +180,7 @@ type Cluster struct {
 
 	tools   Tools
 	log     io.Writer
-	ca      *authority
+	ca      *pki.CA
 	client  kubernetes.Interface
 	dynamic dynamic.Interface
 	admin   *rest.Config
@@ -265,28 +266,24 @@ func (c *Cluster) bin(name string) string { return filepath.Join(c.tools.KubeDir
 // writePKI creates the cluster CA, the API server's serving certificate and
 // the service-account key pair.
 func (c *Cluster) writePKI() error {
-	ca, err := newAuthority("exec-reaper-test-cluster-ca")
+	ca, err := pki.NewCA("exec-reaper-test-cluster-ca")
 	if err != nil {
 		return err
 	}
 	c.ca = ca
-	if err := ca.writeFiles(c.pki(""), "ca"); err != nil {
+	if err := writeCA(ca, c.pki(""), "ca"); err != nil {
 		return err
 	}
 	c.CAFile = c.pki("ca.crt")
-	certPEM, keyPEM, err := ca.issue(certRequest{
-		commonName: "kube-apiserver",
-		hosts: []string{"127.0.0.1", "localhost", "10.0.0.1",
-			"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-		usages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	})
+	serving, err := ca.Server("kube-apiserver", "127.0.0.1", "localhost", "10.0.0.1",
+		"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
 	if err != nil {
 		return err
 	}
-	if err := writeFile(c.pki("apiserver.crt"), certPEM); err != nil {
+	if err := writeFile(c.pki("apiserver.crt"), serving.CertPEM); err != nil {
 		return err
 	}
-	if err := writeFile(c.pki("apiserver.key"), keyPEM); err != nil {
+	if err := writeFile(c.pki("apiserver.key"), serving.KeyPEM); err != nil {
 		return err
 	}
 	return writeRSAKeyPair(c.pki("sa.key"), c.pki("sa.pub"))
@@ -485,16 +482,13 @@ func (c *Cluster) Kubeconfig(name, user string, groups ...string) (path string, 
 	if name == "" || filepath.Base(name) != name {
 		return "", fmt.Errorf("kubeconfig name %q must be a plain file name", name)
 	}
-	certPEM, keyPEM, err := c.ca.issue(certRequest{
-		commonName:   user,
-		organization: groups,
-		usages:       []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
+	pair, err := c.ca.Client(user, groups...)
 	if err != nil {
 		return "", fmt.Errorf("issuing client certificate for %s: %w", user, err)
 	}
+	certPEM, keyPEM := pair.CertPEM, pair.KeyPEM
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["local"] = &clientcmdapi.Cluster{Server: c.Server, CertificateAuthorityData: c.ca.certPEM}
+	cfg.Clusters["local"] = &clientcmdapi.Cluster{Server: c.Server, CertificateAuthorityData: c.ca.CertPEM}
 	cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{ClientCertificateData: certPEM, ClientKeyData: keyPEM}
 	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: "local", AuthInfo: name, Namespace: metav1.NamespaceDefault}
 	cfg.CurrentContext = name

@@ -30,6 +30,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/utils/ptr"
+
+	"github.com/exec-reaper/exec-reaper/internal/pki"
 )
 
 // Names of Gatekeeper's objects, as its Helm chart creates them.
@@ -131,17 +133,18 @@ func (c *Cluster) startGatekeeper(ctx context.Context) error {
 	// it would want a Service DNS name, not 127.0.0.1). clientAuth too,
 	// because Gatekeeper presents this certificate to external-data
 	// providers.
-	ca, err := newAuthority("gatekeeper-ca")
+	ca, err := pki.NewCA("gatekeeper-ca")
 	if err != nil {
 		return err
 	}
 	c.GatekeeperCertDir = filepath.Join(c.Dir, "gatekeeper", "certs")
-	err = ca.writeServingDir(c.GatekeeperCertDir, certRequest{
-		commonName: "gatekeeper-webhook-service.gatekeeper-system.svc",
-		hosts:      []string{"127.0.0.1", "localhost", "gatekeeper-webhook-service.gatekeeper-system.svc"},
-		usages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	})
+	pair, err := ca.Issue("gatekeeper-webhook-service.gatekeeper-system.svc", nil,
+		[]string{"127.0.0.1", "localhost", "gatekeeper-webhook-service.gatekeeper-system.svc"},
+		x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
 	if err != nil {
+		return err
+	}
+	if err := ca.WriteDir(c.GatekeeperCertDir, pair); err != nil {
 		return fmt.Errorf("writing Gatekeeper's certificates: %w", err)
 	}
 
@@ -197,7 +200,7 @@ func (c *Cluster) startGatekeeper(ctx context.Context) error {
 	// Only now register the webhook: registered before Gatekeeper answers,
 	// a failurePolicy Fail webhook would block the control plane.
 	c.GatekeeperWebhookURL = fmt.Sprintf("https://127.0.0.1:%d/v1/admit", port)
-	vwc := gatekeeperWebhookConfiguration(fmt.Sprintf("https://127.0.0.1:%d", port), ca.certPEM)
+	vwc := gatekeeperWebhookConfiguration(fmt.Sprintf("https://127.0.0.1:%d", port), ca.CertPEM)
 	c.mu.Lock()
 	c.webhooks = true // set first, so a failed or slow create is still cleaned up
 	c.mu.Unlock()
