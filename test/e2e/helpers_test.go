@@ -30,7 +30,7 @@ const (
 	recordTimeout   = 10 * time.Second
 	evictionTimeout = TTL + 15*time.Second
 	// evictionSlack is how late after its deadline a pod may be evicted.
-	evictionSlack = time.Second
+	evictionSlack  = time.Second
 	commandTimeout = 30 * time.Second
 )
 

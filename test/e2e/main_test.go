@@ -38,7 +38,7 @@ const (
 )
 
 var (
-	c   *cluster.Cluster
+	c    *cluster.Cluster
 	inst *install.Install
 	// aliceKubeconfig authenticates as alice, group dev.
 	aliceKubeconfig string

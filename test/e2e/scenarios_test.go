@@ -389,4 +389,3 @@ func TestProviderDown(t *testing.T) {
 	kubectlExec(t, aliceKubeconfig, again, "true")
 	waitRecord(t, again)
 }
-
