@@ -26,6 +26,7 @@ func TestExecIsRecordedAndEvicted(t *testing.T) {
 	pod := deployment(t, ns)
 	gone := watchGone(t, pod)
 
+	evictedBefore := evictions(t, "evicted")
 	before := time.Now().Truncate(time.Second)
 	kubectlExec(t, aliceKubeconfig, pod, "sh", "-c", "echo drift > /etc/motd")
 	rec := waitRecord(t, pod)
@@ -56,6 +57,13 @@ func TestExecIsRecordedAndEvicted(t *testing.T) {
 
 	assertEvictedOnTime(t, gone, rec.Deadline)
 	waitEvents(t, pod, deleter.ReasonEvicted, 1)
+	// Two replicas run; the metrics of both together show one eviction.
+	poll(t, "the eviction counted", recordTimeout, func(context.Context) (bool, error) {
+		return evictions(t, "evicted") > evictedBefore, nil
+	})
+	if n := evictions(t, "evicted") - evictedBefore; n != 1 {
+		t.Errorf("%v evictions counted across the deleter replicas, want 1", n)
+	}
 }
 
 // Scenario 2: kubectl attach and kubectl debug.
