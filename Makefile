@@ -59,8 +59,11 @@ up: build ## As demo, but leave the control plane running (make down stops it).
 down: ## Stop a control plane left by make up.
 	$(GO) run ./test/demo -down
 
-image: ## Build the container image (needs a container engine).
-	docker build -t exec-reaper:$$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' charts/exec-reaper/Chart.yaml) .
+# The chart's default image; its tag is the chart's appVersion.
+IMAGE ?= ghcr.io/exec-reaper/exec-reaper
+
+image: ## Build the container image (needs a container engine): $(IMAGE):<appVersion>.
+	docker build -t $(IMAGE):$$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' charts/exec-reaper/Chart.yaml) .
 
 tools: ## Build the pinned tools now (kube, Gatekeeper, staticcheck, helm).
 	hack/tools.sh kube >/dev/null
