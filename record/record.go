@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -243,13 +244,21 @@ func (r Record) Labels() map[string]string {
 
 // Annotations returns the record's annotations.
 func (r Record) Annotations() map[string]string {
-	first, _ := json.Marshal(r.First) // Entry always marshals.
-	last, _ := json.Marshal(r.Last)
 	return map[string]string{
 		DeadlineAnnotation:   r.Deadline.UTC().Format(time.RFC3339),
 		PodUIDAnnotation:     string(r.PodUID),
 		EntriesAnnotation:    strconv.Itoa(r.Entries),
-		FirstEntryAnnotation: string(first),
-		LastEntryAnnotation:  string(last),
+		FirstEntryAnnotation: entryJSON(r.First),
+		LastEntryAnnotation:  entryJSON(r.Last),
 	}
+}
+
+// entryJSON encodes e for an annotation, leaving <, > and & as they are:
+// people read these with kubectl, and no browser does.
+func entryJSON(e Entry) string {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(e) // Entry always encodes.
+	return strings.TrimSuffix(b.String(), "\n")
 }

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -161,24 +162,46 @@ func demo(ctx context.Context, serve bool) (err error) {
 	if err != nil {
 		return fmt.Errorf("no record on the pod: %w", err)
 	}
-	out, _, _ := c.Kubectl(ctx, "", "get", "pod", "-n", demoNS, pod.Name, "-o",
-		`go-template={{range $k, $v := .metadata.labels}}{{if eq (slice $k 0 15) "exec-reaper.io/"}}label      {{$k}}={{$v}}{{"\n"}}{{end}}{{end}}{{range $k, $v := .metadata.annotations}}{{if eq (slice $k 0 15) "exec-reaper.io/"}}annotation {{$k}}={{$v}}{{"\n"}}{{end}}{{end}}`)
-	show("", out)
+	showRecord(ctx, c, pod.Name)
 
-	say("The Event on the pod (kubectl get events -n %s)", demoNS)
-	var msg string
+	say("%s runs: kubectl debug -n %s %s --image=busybox -c debugger -- sh", demoUser, demoNS, pod.Name)
+	_, stderr, err = c.Kubectl(ctx, kubeconfig, "debug", "-n", demoNS, pod.Name, "--image=registry.invalid/busybox:1", "-c", "debugger", "--", "sh")
+	if err != nil {
+		return fmt.Errorf("kubectl debug: %w", err)
+	}
+	show("kubectl: ", stderr)
+	show("", "(kubectl debug is a plain PATCH, so kubectl prints the admission warning. The second entry")
+	show("", " is recorded too, and the deadline stays where the first entry put it.)")
 	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
-		evs, err := c.Client().CoreV1().Events(demoNS).List(ctx, metav1.ListOptions{FieldSelector: "reason=ExecReaperEntered"})
-		if err != nil || len(evs.Items) == 0 {
+		p, err := c.Client().CoreV1().Pods(demoNS).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
 			return false, nil
 		}
-		msg = evs.Items[0].Type + "  " + evs.Items[0].Reason + "  " + evs.Items[0].Message
+		r, err := record.Read(p.Labels, p.Annotations)
+		return err == nil && r.Entries == 2 && r.Deadline.Equal(rec.Deadline), nil
+	})
+	if err != nil {
+		return fmt.Errorf("the debug entry was not recorded with the same deadline: %w", err)
+	}
+	showRecord(ctx, c, pod.Name)
+
+	say("The Events on the pod (kubectl get events -n %s), one per entry", demoNS)
+	var msgs []string
+	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		evs, err := c.Client().CoreV1().Events(demoNS).List(ctx, metav1.ListOptions{FieldSelector: "reason=ExecReaperEntered"})
+		if err != nil || len(evs.Items) < 2 {
+			return false, nil
+		}
+		msgs = msgs[:0]
+		for _, e := range evs.Items {
+			msgs = append(msgs, e.Type+"  "+e.Reason+"  "+e.Message)
+		}
 		return true, nil
 	})
 	if err != nil {
-		return fmt.Errorf("no Event: %w", err)
+		return fmt.Errorf("no Events: %w", err)
 	}
-	show("", msg)
+	show("", strings.Join(msgs, "\n"))
 
 	say("Waiting for the deadline %s", rec.Deadline.Local().Format(time.TimeOnly))
 	w, err := c.Client().CoreV1().Pods(demoNS).Watch(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", pod.Name).String()})
@@ -194,8 +217,8 @@ func demo(ctx context.Context, serve bool) (err error) {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick.C:
-			if left := time.Until(rec.Deadline).Round(time.Second); left > 0 {
-				fmt.Printf("    %2ds left\n", int(left.Seconds()))
+			if left := int(time.Until(rec.Deadline).Round(time.Second).Seconds()); left > 0 && (left%5 == 0 || left <= 3) {
+				fmt.Printf("    %2ds left\n", left)
 			}
 		case ev, ok := <-w.ResultChan():
 			if !ok {
@@ -246,6 +269,29 @@ func demo(ctx context.Context, serve bool) (err error) {
 		<-ctx.Done()
 	}
 	return nil
+}
+
+// showRecord prints the record's label and annotations on the pod.
+func showRecord(ctx context.Context, c *cluster.Cluster, name string) {
+	p, err := c.Client().CoreV1().Pods(demoNS).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		show("", err.Error())
+		return
+	}
+	var lines []string
+	for k, v := range p.Labels {
+		if strings.HasPrefix(k, record.Prefix) {
+			lines = append(lines, "label       "+k+"="+v)
+		}
+	}
+	var annotations []string
+	for k, v := range p.Annotations {
+		if strings.HasPrefix(k, record.Prefix) {
+			annotations = append(annotations, "annotation  "+k+"="+v)
+		}
+	}
+	slices.Sort(annotations)
+	show("", strings.Join(append(lines, annotations...), "\n"))
 }
 
 // developer grants alice a developer's rights and returns her kubeconfig.
