@@ -59,8 +59,9 @@ func (c *Certs) Reload() (changed bool, err error) {
 	if !pool.AppendCertsFromPEM(raw[2]) {
 		return false, fmt.Errorf("loading client CA %s: no PEM certificates found", c.caFile)
 	}
-	// One configuration per loaded pair, not per handshake, so session
-	// tickets stay valid until the next rotation.
+	// One configuration per load, not per handshake: nothing is rebuilt on
+	// the hot path. A resumed session is still checked against the current
+	// client CA, so a rotation takes effect at once.
 	config := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},

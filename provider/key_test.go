@@ -80,7 +80,7 @@ func TestDecode(t *testing.T) {
 		{name: "debug", key: keyWith(t, map[string]any{"operation": "debug"}), want: with(func(r *Request) { r.Operation = record.OpDebug })},
 		{name: "portforward", key: keyWith(t, map[string]any{"operation": "portforward"}), want: with(func(r *Request) { r.Operation = record.OpPortForward })},
 		{name: "dotted pod name", key: keyWith(t, map[string]any{"name": "web.v2-0"}), want: with(func(r *Request) { r.Name = "web.v2-0" })},
-		{name: "ttl compound", key: keyWith(t, map[string]any{"ttl": "1h30m"}), want: with(func(r *Request) { r.TTL, r.ttl = "1h30m", 90 * time.Minute })},
+		{name: "ttl compound", key: keyWith(t, map[string]any{"ttl": "1h30m"}), want: with(func(r *Request) { r.TTL, r.ttl = "1h30m", 90*time.Minute })},
 		{name: "ttl smallest", key: keyWith(t, map[string]any{"ttl": "1ns"}), want: with(func(r *Request) { r.TTL, r.ttl = "1ns", 1 })},
 		{name: "ttl at MaxTTL", key: keyWith(t, map[string]any{"ttl": "720h"}), want: with(func(r *Request) { r.TTL, r.ttl = "720h", MaxTTL })},
 		{name: "user with @ / space unicode", key: keyWith(t, map[string]any{"user": "https://idp/ä b@c"}), want: with(func(r *Request) { r.User = "https://idp/ä b@c" })},

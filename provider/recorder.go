@@ -70,10 +70,18 @@ func (r *Recorder) Record(ctx context.Context, req Request) (Result, error) {
 			return Result{Deadline: pod.DeletionTimestamp.UTC(), Outcome: record.OutcomeRepeat}, nil
 		}
 		var existing *record.Record
-		if rec, err := record.Read(pod.Labels, pod.Annotations); err == nil {
+		switch rec, err := record.Read(pod.Labels, pod.Annotations); {
+		case err == nil:
 			existing = &rec
-		} else if !errors.Is(err, record.ErrNoRecord) {
-			klog.FromContext(ctx).Info("Replacing malformed record", "pod", klog.KObj(pod), "err", err)
+		case errors.Is(err, record.ErrNoRecord):
+		default:
+			// Damaged descriptive annotations must not postpone an eviction:
+			// keep what binds the record (its deadline and pod UID), as the
+			// deleter does, and rewrite the rest.
+			klog.FromContext(ctx).Info("Repairing damaged record", "pod", klog.KObj(pod), "err", err)
+			if deadline, uid, err := record.Binding(pod.Labels, pod.Annotations); err == nil {
+				existing = &record.Record{Deadline: deadline, PodUID: uid}
+			}
 		}
 		rec, outcome := record.Apply(existing, pod.UID, entry, req.ttl)
 		if outcome == record.OutcomeRepeat {

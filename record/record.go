@@ -223,16 +223,20 @@ func Deadline(existing, now time.Time, ttl time.Duration) time.Time {
 // pod's manifest, say) is no record: the deleter would never act on it either.
 // Apply is pure: the caller writes the result.
 func Apply(existing *Record, podUID types.UID, e Entry, ttl time.Duration) (Record, Outcome) {
+	at := e.Time // the deadline counts from the exact time, the record keeps seconds
 	e.Time = e.Time.UTC().Truncate(time.Second)
 	if existing == nil || existing.PodUID != podUID {
-		return Record{Deadline: Deadline(time.Time{}, e.Time, ttl), PodUID: podUID, Entries: 1, First: e, Last: e}, OutcomeFirst
+		return Record{Deadline: Deadline(time.Time{}, at, ttl), PodUID: podUID, Entries: 1, First: e, Last: e}, OutcomeFirst
 	}
 	r := *existing
 	if e.sameAs(r.Last) {
 		return r, OutcomeRepeat
 	}
-	r.Deadline = Deadline(r.Deadline, e.Time, ttl)
+	r.Deadline = Deadline(r.Deadline, at, ttl)
 	r.Entries = max(r.Entries, 1) + 1
+	if r.First.User == "" {
+		r.First = e // a repaired record whose first entry was lost
+	}
 	r.Last = e
 	return r, OutcomeAdded
 }

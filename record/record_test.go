@@ -100,11 +100,13 @@ func TestApply(t *testing.T) {
 			wantOutcome: record.OutcomeFirst,
 		},
 		{
+			// The deadline counts from the exact time and rounds up, so it is
+			// never early; the entry keeps whole seconds.
 			name:        "first entry time is stored in UTC, to the second",
 			podUID:      uid,
 			entry:       with(first, func(e *record.Entry) { e.Time = t0.Add(700 * time.Millisecond).In(time.FixedZone("X", -7200)) }),
 			ttl:         time.Hour,
-			want:        record.Record{Deadline: t0.Add(time.Hour), PodUID: uid, Entries: 1, First: first, Last: first},
+			want:        record.Record{Deadline: t0.Add(time.Hour + time.Second), PodUID: uid, Entries: 1, First: first, Last: first},
 			wantOutcome: record.OutcomeFirst,
 		},
 		{
@@ -162,6 +164,15 @@ func TestApply(t *testing.T) {
 			wantOutcome: record.OutcomeRepeat,
 		},
 		{
+			name:        "same act long before the last entry is added",
+			existing:    &existing,
+			podUID:      uid,
+			entry:       alice(t0.Add(-time.Hour), "req-3"),
+			ttl:         time.Minute,
+			want:        record.Record{Deadline: t0.Add(-time.Hour + time.Minute), PodUID: uid, Entries: 2, First: first, Last: alice(t0.Add(-time.Hour), "req-3")},
+			wantOutcome: record.OutcomeAdded,
+		},
+		{
 			name:        "same user outside the window is added",
 			existing:    &existing,
 			podUID:      uid,
@@ -174,9 +185,9 @@ func TestApply(t *testing.T) {
 			name:        "same user, different command is added",
 			existing:    &existing,
 			podUID:      uid,
-			entry:       with(alice(t0.Add(time.Second), "req-3"), func(e *record.Entry) { e.Command = []string{"bash"} }),
+			entry:       with(alice(t0.Add(time.Second), "req-3"), func(e *record.Entry) { e.Command = []string{"sh", "-c", "whoami"} }),
 			ttl:         2 * time.Hour,
-			want:        record.Record{Deadline: t0.Add(time.Hour), PodUID: uid, Entries: 2, First: first, Last: with(alice(t0.Add(time.Second), "req-3"), func(e *record.Entry) { e.Command = []string{"bash"} })},
+			want:        record.Record{Deadline: t0.Add(time.Hour), PodUID: uid, Entries: 2, First: first, Last: with(alice(t0.Add(time.Second), "req-3"), func(e *record.Entry) { e.Command = []string{"sh", "-c", "whoami"} })},
 			wantOutcome: record.OutcomeAdded,
 		},
 		{
@@ -273,6 +284,7 @@ func TestRoundTrip(t *testing.T) {
 		{name: "spaces", user: "Alice Liddell", groups: []string{"tea party"}, command: []string{"sh", "-c", "echo hi  there"}},
 		{name: "unicode", user: "Zoë 山田 🚀", groups: []string{"équipe"}, command: []string{"echo", "日本語"}},
 		{name: "JSON and HTML metacharacters", user: `q"u\o'te<&>`, command: []string{`{"a":1}`, "\n\t"}},
+		{name: "HTML metacharacters", user: "a<b>&c", groups: []string{"<devs>"}, command: []string{"sh", "-c", "a && b > c"}},
 		{name: "control characters", user: "line\nbreak\x00nul", groups: []string{"\u2028"}},
 	}
 	for _, tt := range tests {
@@ -308,6 +320,10 @@ func TestRoundTrip(t *testing.T) {
 			}
 			if got := annotations[record.EntriesAnnotation]; got != "2" {
 				t.Errorf("annotation %s=%q, want 2", record.EntriesAnnotation, got)
+			}
+			// Plain names read verbatim in the annotation, for kubectl users.
+			if !strings.ContainsAny(tt.user, "\"\\\x00\n\u2028") && !strings.Contains(annotations[record.FirstEntryAnnotation], `"user":"`+tt.user+`"`) {
+				t.Errorf("annotation %s = %s, want the user %q verbatim", record.FirstEntryAnnotation, annotations[record.FirstEntryAnnotation], tt.user)
 			}
 			var first record.Entry
 			if err := json.Unmarshal([]byte(annotations[record.FirstEntryAnnotation]), &first); err != nil || first.User != tt.user {
