@@ -1294,8 +1294,9 @@ func TestImage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("make image recipe: %v\n%s", err, out)
 	}
-	if want := "-t exec-reaper:" + appVersion(t) + " "; !strings.Contains(string(out), want) {
-		t.Errorf("make image runs %q, want a tag from appVersion (%q)", out, want)
+	// The image make builds is the one the chart runs by default.
+	if want := "-t ghcr.io/exec-reaper/exec-reaper:" + appVersion(t) + " "; !strings.Contains(string(out), want) {
+		t.Errorf("make image runs %q, want the chart's default image tagged with appVersion (%q)", out, want)
 	}
 
 	df, err := os.ReadFile(filepath.Join("..", "Dockerfile"))
