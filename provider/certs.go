@@ -76,7 +76,6 @@ func (c *Certs) Reload() (changed bool, err error) {
 
 // Run reloads every interval until ctx is done.
 func (c *Certs) Run(ctx context.Context, interval time.Duration) {
-	log := klog.FromContext(ctx)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -84,15 +83,22 @@ func (c *Certs) Run(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			c.reloadAndReport(ctx)
 		}
-		switch changed, err := c.Reload(); {
-		case err != nil:
-			certReloadsTotal.WithLabelValues("error").Inc()
-			log.Error(err, "Reloading certificates; keeping the previous ones")
-		case changed:
-			certReloadsTotal.WithLabelValues("changed").Inc()
-			log.Info("Reloaded certificates", "cert", c.certFile, "clientCA", c.caFile)
-		}
+	}
+}
+
+// reloadAndReport reloads, counting and logging the outcome. Files written
+// by a SecretSync trigger it at once; Run's ticker catches everything else.
+func (c *Certs) reloadAndReport(ctx context.Context) {
+	log := klog.FromContext(ctx)
+	switch changed, err := c.Reload(); {
+	case err != nil:
+		certReloadsTotal.WithLabelValues("error").Inc()
+		log.Error(err, "Reloading certificates; keeping the previous ones")
+	case changed:
+		certReloadsTotal.WithLabelValues("changed").Inc()
+		log.Info("Reloaded certificates", "cert", c.certFile, "clientCA", c.caFile)
 	}
 }
 

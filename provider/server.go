@@ -125,14 +125,7 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, reg *prometheus.
 		// Not fatal: the certificates may not be issued yet. /readyz says so.
 		log.Info("Certificates not loaded yet; waiting", "err", err.Error())
 	}
-	reload := func() {
-		if changed, err := certs.Reload(); err != nil {
-			log.V(1).Info("Certificates incomplete; waiting", "err", err.Error())
-		} else if changed {
-			certReloadsTotal.WithLabelValues("changed").Inc()
-			log.Info("Reloaded certificates")
-		}
-	}
+	reload := func() { certs.reloadAndReport(ctx) }
 	Register(reg)
 	events := NewEventSink(client, cfg.EventQueue)
 	handler := NewHandler(NewRecorder(client, clock.RealClock{}, events), cfg.RecordTimeout)
