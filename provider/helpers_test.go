@@ -3,21 +3,14 @@ package provider_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -34,6 +27,8 @@ import (
 
 	"github.com/exec-reaper/exec-reaper/provider"
 	"github.com/exec-reaper/exec-reaper/record"
+
+	"github.com/exec-reaper/exec-reaper/internal/pki"
 )
 
 // t0 is the fake clock's start, a whole second.
@@ -55,9 +50,7 @@ func quiet() context.Context { return klog.NewContext(context.Background(), logr
 
 // testCA is an in-memory certificate authority.
 type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
+	*pki.CA
 }
 
 // leaf is a certificate issued by a testCA.
@@ -68,82 +61,34 @@ type leaf struct {
 	pair    tls.Certificate
 }
 
-func newKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func serial(t testing.TB) *big.Int {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n.Add(n, big.NewInt(1))
-}
-
 func newCA(t testing.TB, cn string) *testCA {
 	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	ca, err := pki.NewCA(cn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+	return &testCA{ca}
 }
 
 // issue signs a leaf for cn: a server certificate for 127.0.0.1 if server,
 // else a client certificate.
 func (ca *testCA) issue(t testing.TB, cn string, server bool) *leaf {
 	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(t),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
+	var p pki.Pair
+	var err error
 	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+		p, err = ca.Server(cn, "127.0.0.1")
+	} else {
+		p, err = ca.Client(cn)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &leaf{
-		cert:    cert,
-		certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		keyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}),
-	}
+	l := &leaf{certPEM: p.CertPEM, keyPEM: p.KeyPEM}
 	if l.pair, err = tls.X509KeyPair(l.certPEM, l.keyPEM); err != nil {
+		t.Fatal(err)
+	}
+	if l.cert, err = x509.ParseCertificate(l.pair.Certificate[0]); err != nil {
 		t.Fatal(err)
 	}
 	return l
@@ -161,18 +106,14 @@ func newCertFiles(t testing.TB) certFiles {
 // Secret would.
 func (f certFiles) write(t testing.TB, server *leaf, clientCA *testCA) {
 	t.Helper()
-	for path, data := range map[string][]byte{f.cert: server.certPEM, f.key: server.keyPEM, f.ca: clientCA.pem} {
+	for path, data := range map[string][]byte{f.cert: server.certPEM, f.key: server.keyPEM, f.ca: clientCA.CertPEM} {
 		writeAtomically(t, path, data)
 	}
 }
 
 func writeAtomically(t testing.TB, path string, data []byte) {
 	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := pki.WriteFileAtomic(path, data); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -224,7 +165,7 @@ func httpClient(t *testing.T, cert *leaf, roots ...*testCA) *http.Client {
 	t.Helper()
 	pool := x509.NewCertPool()
 	for _, ca := range roots {
-		pool.AddCert(ca.cert)
+		pool.AddCert(ca.Cert)
 	}
 	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	if cert != nil {
