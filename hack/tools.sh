@@ -34,7 +34,12 @@ build() {
 	mkdir -p "$out"
 	local start=$SECONDS
 	echo ">> building $name $version into $out (first run only; progress below)" >&2
+	# A heartbeat, since one go build can be silent for minutes.
+	(while sleep 30; do echo "   ... still building $name ($((SECONDS - start))s)" >&2; done) &
+	local heartbeat=$!
+	trap 'kill $heartbeat 2>/dev/null' EXIT
 	"$@" >&2
+	kill "$heartbeat" 2>/dev/null || true
 	touch "$out/.done"
 	echo ">> built $name $version in $((SECONDS - start))s" >&2
 	echo "$out"
