@@ -37,7 +37,7 @@ build() {
 	# A heartbeat, since one go build can be silent for minutes.
 	(while sleep 30; do echo "   ... still building $name ($((SECONDS - start))s)" >&2; done) &
 	local heartbeat=$!
-	trap 'kill $heartbeat 2>/dev/null' EXIT
+	trap "kill $heartbeat 2>/dev/null || true" EXIT
 	"$@" >&2
 	kill "$heartbeat" 2>/dev/null || true
 	touch "$out/.done"
