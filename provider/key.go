@@ -64,6 +64,9 @@ func Decode(key string) (Request, error) {
 		}
 		return r, fmt.Errorf("unsupported key version %q (this provider reads %q)", v, KeyVersion)
 	}
+	if err := checkFields(body); err != nil {
+		return r, err
+	}
 	dec := json.NewDecoder(strings.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil {
@@ -76,6 +79,40 @@ func Decode(key string) (Request, error) {
 		return Request{}, err
 	}
 	return r, nil
+}
+
+// v1Fields are the exact field names of a v1 key.
+var v1Fields = map[string]bool{"uid": true, "namespace": true, "name": true, "ttl": true, "user": true,
+	"groups": true, "operation": true, "container": true, "command": true}
+
+// checkFields rejects what encoding/json lets through: field names in
+// another case ("UID") and fields given twice, either of which could make
+// one reader of a key see something other than another.
+func checkFields(body string) error {
+	dec := json.NewDecoder(strings.NewReader(body))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return errors.New("key is not valid v1 JSON: want an object")
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return fmt.Errorf("key is not valid v1 JSON: %w", err)
+		}
+		name, _ := t.(string)
+		if !v1Fields[name] {
+			return fmt.Errorf("key has unknown field %q", name)
+		}
+		if seen[name] {
+			return fmt.Errorf("key has field %q twice", name)
+		}
+		seen[name] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return fmt.Errorf("key is not valid v1 JSON: %w", err)
+		}
+	}
+	return nil
 }
 
 func onlySpace(s string) bool { return len(bytes.TrimSpace([]byte(s))) == 0 }

@@ -95,7 +95,10 @@ func TestDecode(t *testing.T) {
 		{name: "truncated JSON", key: valid[:len(valid)-5], wantErr: "not valid v1 JSON"},
 		{name: "array", key: "v1:[]", wantErr: "not valid v1 JSON"},
 		{name: "string", key: `v1:"exec"`, wantErr: "not valid v1 JSON"},
-		{name: "null", key: "v1:null", wantErr: "no uid"},
+		{name: "null", key: "v1:null", wantErr: "not valid v1 JSON: want an object"},
+		// encoding/json alone would accept both of these.
+		{name: "field name in another case", key: strings.Replace(valid, `"uid"`, `"UID"`, 1), wantErr: `unknown field "UID"`},
+		{name: "field twice", key: strings.Replace(valid, `{`, `{"user":"eve",`, 1), wantErr: `field "user" twice`},
 		{name: "unknown field", key: keyWith(t, map[string]any{"tty": true}), wantErr: `unknown field "tty"`},
 		{name: "wrong type", key: keyWith(t, map[string]any{"ttl": 3600}), wantErr: "not valid v1 JSON"},
 		{name: "command not a list", key: keyWith(t, map[string]any{"command": "sh"}), wantErr: "not valid v1 JSON"},
