@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -97,7 +96,10 @@ func Run(ctx context.Context, cfg Config, client kubernetes.Interface, clk clock
 	Register(reg, podInformer.Lister())
 
 	var elector *leaderelection.LeaderElector
-	var leading sync.WaitGroup
+	// OnStartedLeading only hands over the leader's context; the controller
+	// runs in Run's own goroutine, so Run can stop it before giving up the
+	// Lease.
+	leading := make(chan context.Context, 1)
 	var healthz *leaderelection.HealthzAdaptor
 	if cfg.LeaderElection {
 		healthz = leaderelection.NewLeaderHealthzAdaptor(cfg.RenewDeadline)
@@ -111,18 +113,15 @@ func Run(ctx context.Context, cfg Config, client kubernetes.Interface, clk clock
 			RenewDeadline: cfg.RenewDeadline,
 			RetryPeriod:   cfg.RetryPeriod,
 			// Hand the lease over at once on a clean shutdown, so a rolling
-			// restart does not delay evictions by a lease duration.
+			// restart does not delay evictions by a lease duration. client-go
+			// requires the guarded work to have stopped first: lead does that.
 			ReleaseOnCancel: true,
 			WatchDog:        healthz,
 			Name:            cfg.LeaseName,
 			Callbacks: leaderelection.LeaderCallbacks{
 				OnStartedLeading: func(ctx context.Context) {
-					// client-go runs this in a goroutine of its own; Run waits
-					// for it, so workers never outlive Run.
-					leading.Add(1)
-					defer leading.Done()
 					log.Info("Leading", "identity", cfg.Identity)
-					_ = ctrl.Run(ctx)
+					leading <- ctx
 				},
 				OnStoppedLeading: func() { log.Info("Stopped leading", "identity", cfg.Identity) },
 			},
@@ -157,14 +156,40 @@ func Run(ctx context.Context, cfg Config, client kubernetes.Interface, clk clock
 		if elector == nil {
 			return ctrl.Run(gctx)
 		}
-		elector.Run(gctx) // returns when leadership is lost or gctx is done
-		leading.Wait()
-		if gctx.Err() == nil {
-			return ErrLostLeadership
-		}
-		return nil
+		return lead(gctx, elector, leading, ctrl.Run)
 	})
 	return g.Wait()
+}
+
+// lead runs the elector and, while this replica leads, run. Its order is
+// what makes ReleaseOnCancel safe: run stops (on shutdown or on lost
+// leadership) and its workers finish before the elector's context is
+// cancelled and the Lease released. It returns ErrLostLeadership if another
+// replica took over, nil on shutdown.
+func lead(ctx context.Context, elector *leaderelection.LeaderElector, leading <-chan context.Context, run func(context.Context) error) error {
+	electorCtx, release := context.WithCancel(context.WithoutCancel(ctx))
+	defer release()
+	electorDone := make(chan struct{})
+	go func() {
+		defer close(electorDone)
+		elector.Run(electorCtx)
+	}()
+	select {
+	case leaderCtx := <-leading:
+		runCtx, cancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(leaderCtx, cancel) // leadership lost
+		_ = run(runCtx)
+		stop()
+		cancel()
+	case <-ctx.Done():
+	case <-electorDone:
+	}
+	release()
+	<-electorDone
+	if ctx.Err() == nil {
+		return ErrLostLeadership
+	}
+	return nil
 }
 
 func metaFor(namespace, name string) metav1.ObjectMeta {
