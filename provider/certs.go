@@ -24,6 +24,7 @@ import (
 type Certs struct {
 	certFile, keyFile, caFile string
 
+	reload sync.Mutex // serialises Reload: the ticker and the Secret mirrors call it
 	mu     sync.RWMutex
 	config *tls.Config // per-connection configuration for the loaded files
 	loaded []byte      // the concatenated file contents last loaded
@@ -38,6 +39,10 @@ func NewCerts(certFile, keyFile, caFile string) *Certs {
 // Reload reads the files and, if they changed, swaps in the new certificate
 // and CA pool. On any error the previous ones stay in use.
 func (c *Certs) Reload() (changed bool, err error) {
+	// One at a time, or a reload that read the files before a rotation
+	// could swap in its stale result after a newer one.
+	c.reload.Lock()
+	defer c.reload.Unlock()
 	var raw [3][]byte
 	for i, f := range []string{c.certFile, c.keyFile, c.caFile} {
 		if raw[i], err = os.ReadFile(f); err != nil {

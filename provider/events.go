@@ -33,12 +33,19 @@ const eventTimeout = 5 * time.Second
 // already written.
 type EventSink struct {
 	client kubernetes.Interface
-	queue  chan *corev1.Event
+	queue  chan announcement
+}
+
+// announcement is what the writer needs to build an Event; building it
+// (a hash, a message) is left to the writer, off the admission path.
+type announcement struct {
+	pod *corev1.Pod
+	rec record.Record
 }
 
 // NewEventSink returns a sink that holds at most size pending Events.
 func NewEventSink(client kubernetes.Interface, size int) *EventSink {
-	return &EventSink{client: client, queue: make(chan *corev1.Event, size)}
+	return &EventSink{client: client, queue: make(chan announcement, size)}
 }
 
 // Announce queues the Event for a new entry. A nil sink does nothing.
@@ -47,7 +54,7 @@ func (s *EventSink) Announce(pod *corev1.Pod, rec record.Record, outcome record.
 		return
 	}
 	select {
-	case s.queue <- enteredEvent(pod, rec):
+	case s.queue <- announcement{pod, rec}:
 	default:
 		eventsTotal.WithLabelValues("dropped").Inc()
 	}
@@ -58,13 +65,13 @@ func (s *EventSink) Announce(pod *corev1.Pod, rec record.Record, outcome record.
 func (s *EventSink) Run(ctx context.Context) {
 	for {
 		select {
-		case ev := <-s.queue:
-			s.write(ctx, ev)
+		case a := <-s.queue:
+			s.write(ctx, enteredEvent(a.pod, a.rec))
 		case <-ctx.Done():
 			for {
 				select {
-				case ev := <-s.queue:
-					s.write(context.WithoutCancel(ctx), ev)
+				case a := <-s.queue:
+					s.write(context.WithoutCancel(ctx), enteredEvent(a.pod, a.rec))
 				default:
 					return
 				}
@@ -97,7 +104,8 @@ func enteredEvent(pod *corev1.Pod, rec record.Record) *corev1.Event {
 	sum := sha256.Sum256([]byte(string(pod.UID) + "/" + e.RequestUID))
 	name := pod.Name
 	if len(name) > 200 {
-		name = name[:200]
+		// Cut, the name must still end in an alphanumeric to stay valid.
+		name = strings.TrimRight(name[:200], ".-")
 	}
 	what := string(e.Operation)
 	if e.Container != "" {

@@ -145,10 +145,6 @@ func decodeRequest(body io.Reader) (ProviderRequest, error) {
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return req, err
-		}
 		return req, fmt.Errorf("request is not a valid ProviderRequest: %w", err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"time"
 
@@ -67,8 +68,8 @@ func Decode(key string) (Request, error) {
 	if err := checkFields(body); err != nil {
 		return r, err
 	}
+	// checkFields has already rejected unknown fields.
 	dec := json.NewDecoder(strings.NewReader(body))
-	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil {
 		return Request{}, fmt.Errorf("key is not valid %s JSON: %w", strings.TrimSuffix(KeyVersion, ":"), err)
 	}
@@ -81,9 +82,17 @@ func Decode(key string) (Request, error) {
 	return r, nil
 }
 
-// v1Fields are the exact field names of a v1 key.
-var v1Fields = map[string]bool{"uid": true, "namespace": true, "name": true, "ttl": true, "user": true,
-	"groups": true, "operation": true, "container": true, "command": true}
+// v1Fields are the exact field names of a v1 key: Request's JSON names.
+var v1Fields = func() map[string]bool {
+	fields := map[string]bool{}
+	t := reflect.TypeFor[Request]()
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			fields[name] = true
+		}
+	}
+	return fields
+}()
 
 // checkFields rejects what encoding/json lets through: field names in
 // another case ("UID") and fields given twice, either of which could make

@@ -79,8 +79,8 @@ func (r *Recorder) Record(ctx context.Context, req Request) (Result, error) {
 			// keep what binds the record (its deadline and pod UID), as the
 			// deleter does, and rewrite the rest.
 			klog.FromContext(ctx).Info("Repairing damaged record", "pod", klog.KObj(pod), "err", err)
-			if deadline, uid, err := record.Binding(pod.Labels, pod.Annotations); err == nil {
-				existing = &record.Record{Deadline: deadline, PodUID: uid}
+			if rec.PodUID != "" { // Read got as far as the binding
+				existing = &record.Record{Deadline: rec.Deadline, PodUID: rec.PodUID, Entries: rec.Entries}
 			}
 		}
 		rec, outcome := record.Apply(existing, pod.UID, entry, req.ttl)

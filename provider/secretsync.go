@@ -2,10 +2,8 @@ package provider
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,8 +28,6 @@ type SecretSync struct {
 	// files maps a key of the Secret's data to the file it is written to.
 	files    map[string]string
 	onChange func()
-
-	mu sync.Mutex // serialises writes
 }
 
 // NewSecretSync returns a SecretSync of namespace/name whose data keys are
@@ -54,6 +50,11 @@ func (s *SecretSync) Run(ctx context.Context) {
 		if !ok {
 			return
 		}
+		if missing := s.missing(secret); missing != "" {
+			// cert-controller has not filled a new Secret yet.
+			log.V(1).Info("Secret not complete yet", "key", missing)
+			return
+		}
 		if err := s.write(secret); err != nil {
 			certReloadsTotal.WithLabelValues("error").Inc()
 			log.Error(err, "Writing certificates from Secret")
@@ -71,16 +72,19 @@ func (s *SecretSync) Run(ctx context.Context) {
 	factory.Shutdown()
 }
 
-// write writes the Secret's keys, each atomically. A Secret that lacks a key
-// (cert-controller has not filled it yet) writes nothing.
-func (s *SecretSync) write(secret *corev1.Secret) error {
+// missing returns a key the Secret lacks, or "".
+func (s *SecretSync) missing(secret *corev1.Secret) string {
 	for key := range s.files {
 		if len(secret.Data[key]) == 0 {
-			return fmt.Errorf("secret has no %q yet", key)
+			return key
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	return ""
+}
+
+// write writes the Secret's keys, each atomically. The informer calls its
+// handlers one at a time, so writes never interleave.
+func (s *SecretSync) write(secret *corev1.Secret) error {
 	for key, path := range s.files {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return err

@@ -140,8 +140,10 @@ const (
 var ErrNoRecord = errors.New("no exec-reaper record")
 
 // Read decodes the record on a pod from its labels and annotations. A pod
-// without the deadline label has no record (ErrNoRecord); any other defect is
-// an error that says which key is wrong.
+// without the deadline label has no record (ErrNoRecord); a missing or
+// malformed deadline, pod UID or entry is an error that says which key is
+// wrong (an unreadable entry count only reads as zero). On an error in the
+// entries, the record returned still holds the deadline, pod UID and count.
 func Read(labels, annotations map[string]string) (Record, error) {
 	deadline, uid, err := Binding(labels, annotations)
 	r := Record{Deadline: deadline, PodUID: uid}
