@@ -19,8 +19,8 @@ import (
 // trusts the certificate the provider serves. No one ever handles a
 // certificate by hand.
 type Rotation struct {
-	// SecretNamespace and SecretName locate the Secret cert-controller fills.
-	SecretNamespace, SecretName string
+	// Secret is the Secret cert-controller fills, as "namespace/name".
+	Secret string
 	// ProviderName is the Provider object whose caBundle is kept current.
 	ProviderName string
 	// DNSName is the name Gatekeeper dials: the Service's DNS name.
@@ -41,8 +41,12 @@ func runRotator(ctx context.Context, restCfg *rest.Config, r Rotation, certFile,
 	if err != nil {
 		return fmt.Errorf("creating certificate manager: %w", err)
 	}
+	ns, name, err := splitRef(r.Secret)
+	if err != nil {
+		return err
+	}
 	err = rotator.AddRotator(mgr, &rotator.CertRotator{
-		SecretKey:      types.NamespacedName{Namespace: r.SecretNamespace, Name: r.SecretName},
+		SecretKey:      types.NamespacedName{Namespace: ns, Name: name},
 		CertDir:        filepath.Dir(certFile),
 		CertName:       filepath.Base(certFile),
 		KeyName:        filepath.Base(keyFile),

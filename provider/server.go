@@ -66,6 +66,15 @@ func (c *Config) Default() {
 	if c.ProbeAddr == "" {
 		c.ProbeAddr = ":8081"
 	}
+	if c.CertFile == "" {
+		c.CertFile = "/certs/tls.crt"
+	}
+	if c.KeyFile == "" {
+		c.KeyFile = "/certs/tls.key"
+	}
+	if c.ClientCAFile == "" {
+		c.ClientCAFile = "/client-ca/ca.crt"
+	}
 	if c.CertReloadInterval == 0 {
 		c.CertReloadInterval = 10 * time.Second
 	}
@@ -93,8 +102,13 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("client CA secret: %w", err)
 		}
 	}
-	if r := c.Rotation; r != nil && (r.SecretNamespace == "" || r.SecretName == "" || r.ProviderName == "" || r.DNSName == "") {
-		return errors.New("certificate rotation needs a secret namespace and name, a Provider name and a DNS name")
+	if r := c.Rotation; r != nil {
+		if _, _, err := splitRef(r.Secret); err != nil {
+			return fmt.Errorf("certificate secret: %w", err)
+		}
+		if r.ProviderName == "" || r.DNSName == "" {
+			return errors.New("certificate rotation needs a Provider name and a DNS name")
+		}
 	}
 	return nil
 }
@@ -152,7 +166,8 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, reg *prometheus.
 		g.Go(func() error { sync.Run(gctx); return nil })
 	}
 	if r := cfg.Rotation; r != nil {
-		sync := NewSecretSync(client, r.SecretNamespace, r.SecretName,
+		ns, name, _ := splitRef(r.Secret)
+		sync := NewSecretSync(client, ns, name,
 			// cert-controller names the Secret's keys after the files.
 			map[string]string{filepath.Base(cfg.CertFile): cfg.CertFile, filepath.Base(cfg.KeyFile): cfg.KeyFile}, reload)
 		g.Go(func() error { sync.Run(gctx); return nil })

@@ -22,24 +22,25 @@ import (
 
 func main() {
 	var cfg deleter.Config
+	cfg.Default() // the flags' defaults are the config's
 	var kubeconfig string
 	fs := flag.NewFlagSet(os.Args[0], flag.ExitOnError)
 	klog.InitFlags(fs)
 	fs.StringVar(&kubeconfig, "kubeconfig", "", "Path to a kubeconfig; empty means in-cluster.")
-	fs.StringVar(&cfg.ProbeAddr, "probe-addr", ":8081", "Plain-HTTP address for /livez, /readyz and /metrics.")
+	fs.StringVar(&cfg.ProbeAddr, "probe-addr", cfg.ProbeAddr, "Plain-HTTP address for /livez, /readyz and /metrics.")
 	fs.BoolVar(&cfg.DryRun, "dry-run", false, "Emit an Event instead of evicting.")
-	fs.IntVar(&cfg.Workers, "workers", 0, "Pods evicted in parallel (default 2).")
-	fs.DurationVar(&cfg.RetryBaseDelay, "retry-base-delay", 0, "First delay after a refused or failed eviction (default 1s).")
-	fs.DurationVar(&cfg.RetryMaxDelay, "retry-max-delay", 0, "Longest delay between retries; also how late an eviction can be once its PodDisruptionBudget allows it (default 10s).")
-	fs.IntVar(&cfg.MaxRetries, "max-retries", 0, "Retries for evictions failing for reasons other than a PodDisruptionBudget, before waiting for the next resync (default 15).")
-	fs.DurationVar(&cfg.Resync, "resync", 0, "How often every recorded pod is looked at again (default 10m).")
+	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "Pods evicted in parallel.")
+	fs.DurationVar(&cfg.RetryBaseDelay, "retry-base-delay", cfg.RetryBaseDelay, "First delay after a refused or failed eviction.")
+	fs.DurationVar(&cfg.RetryMaxDelay, "retry-max-delay", cfg.RetryMaxDelay, "Longest delay between retries; also how late an eviction can be once its PodDisruptionBudget allows it.")
+	fs.IntVar(&cfg.MaxRetries, "max-retries", cfg.MaxRetries, "Retries for evictions failing for reasons other than a PodDisruptionBudget, before waiting for the next resync.")
+	fs.DurationVar(&cfg.Resync, "resync", cfg.Resync, "How often every recorded pod is looked at again.")
 	fs.BoolVar(&cfg.LeaderElection, "leader-elect", true, "Elect a leader among replicas through a Lease; only the leader evicts.")
 	fs.StringVar(&cfg.LeaseNamespace, "lease-namespace", os.Getenv("POD_NAMESPACE"), "Namespace of the Lease (default $POD_NAMESPACE).")
-	fs.StringVar(&cfg.LeaseName, "lease-name", "exec-reaper-deleter", "Name of the Lease.")
+	fs.StringVar(&cfg.LeaseName, "lease-name", cfg.LeaseName, "Name of the Lease.")
 	fs.StringVar(&cfg.Identity, "identity", os.Getenv("POD_NAME"), "This replica's name in the Lease (default $POD_NAME, else the host name).")
-	fs.DurationVar(&cfg.LeaseDuration, "lease-duration", 0, "Leader election lease duration (default 15s).")
-	fs.DurationVar(&cfg.RenewDeadline, "renew-deadline", 0, "Leader election renew deadline (default 10s).")
-	fs.DurationVar(&cfg.RetryPeriod, "retry-period", 0, "Leader election retry period (default 2s).")
+	fs.DurationVar(&cfg.LeaseDuration, "lease-duration", cfg.LeaseDuration, "Leader election lease duration.")
+	fs.DurationVar(&cfg.RenewDeadline, "renew-deadline", cfg.RenewDeadline, "Leader election renew deadline.")
+	fs.DurationVar(&cfg.RetryPeriod, "retry-period", cfg.RetryPeriod, "Leader election retry period.")
 	_ = fs.Parse(os.Args[1:])
 	if cfg.Identity == "" {
 		cfg.Identity, _ = os.Hostname()

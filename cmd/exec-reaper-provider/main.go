@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +21,8 @@ import (
 
 func main() {
 	var cfg provider.Config
+	cfg.Default() // the flags' defaults are the config's
+	rot := provider.Rotation{ProviderName: "exec-reaper"}
 	var kubeconfig string
 	var qps float64
 	var burst int
@@ -30,30 +31,26 @@ func main() {
 	fs.StringVar(&kubeconfig, "kubeconfig", "", "Path to a kubeconfig; empty means in-cluster.")
 	fs.Float64Var(&qps, "kube-api-qps", 500, "Client-side limit of API requests per second (two per entry).")
 	fs.IntVar(&burst, "kube-api-burst", 1000, "Client-side burst of API requests.")
-	fs.StringVar(&cfg.Addr, "addr", ":8443", "HTTPS address Gatekeeper calls.")
-	fs.StringVar(&cfg.ProbeAddr, "probe-addr", ":8081", "Plain-HTTP address for /livez, /readyz and /metrics.")
-	fs.StringVar(&cfg.CertFile, "tls-cert-file", "/certs/tls.crt", "Serving certificate (PEM), reloaded when it changes.")
-	fs.StringVar(&cfg.KeyFile, "tls-key-file", "/certs/tls.key", "Serving key (PEM), reloaded when it changes.")
-	fs.StringVar(&cfg.ClientCAFile, "client-ca-file", "/client-ca/ca.crt", "CA that signs Gatekeeper's client certificate (PEM), reloaded when it changes.")
-	fs.DurationVar(&cfg.CertReloadInterval, "cert-reload-interval", 0, "How often to check the certificate files for change (default 10s).")
-	fs.DurationVar(&cfg.RecordTimeout, "record-timeout", 0, "Time allowed to record one request; keep below the Provider's spec.timeout (default 1.5s).")
-	fs.IntVar(&cfg.EventQueue, "event-queue", 0, "Events that may wait to be written before new ones are dropped (default 1024).")
+	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "HTTPS address Gatekeeper calls.")
+	fs.StringVar(&cfg.ProbeAddr, "probe-addr", cfg.ProbeAddr, "Plain-HTTP address for /livez, /readyz and /metrics.")
+	fs.StringVar(&cfg.CertFile, "tls-cert-file", cfg.CertFile, "Serving certificate (PEM), reloaded when it changes.")
+	fs.StringVar(&cfg.KeyFile, "tls-key-file", cfg.KeyFile, "Serving key (PEM), reloaded when it changes.")
+	fs.StringVar(&cfg.ClientCAFile, "client-ca-file", cfg.ClientCAFile, "CA that signs Gatekeeper's client certificate (PEM), reloaded when it changes.")
+	fs.DurationVar(&cfg.CertReloadInterval, "cert-reload-interval", cfg.CertReloadInterval, "How often to check the certificate files for change.")
+	fs.DurationVar(&cfg.RecordTimeout, "record-timeout", cfg.RecordTimeout, "Time allowed to record one request; keep below the Provider's spec.timeout.")
+	fs.IntVar(&cfg.EventQueue, "event-queue", cfg.EventQueue, "Events that may wait to be written before new ones are dropped.")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "Time allowed for in-flight requests on shutdown.")
 	fs.StringVar(&cfg.ClientCASecret, "client-ca-secret", "", "Secret (namespace/name) holding Gatekeeper's CA as ca.crt, e.g. gatekeeper-system/gatekeeper-webhook-server-cert; mirrored to --client-ca-file on every change.")
-	var rot provider.Rotation
-	var certSecret string
-	fs.StringVar(&certSecret, "cert-secret", "", "Secret (namespace/name) in which cert-controller issues and rotates the serving certificate; mirrored to --tls-cert-file and --tls-key-file. Empty: the files are managed by someone else.")
-	fs.StringVar(&rot.ProviderName, "provider-name", "exec-reaper", "Provider object whose spec.caBundle cert-controller keeps current (with --cert-secret).")
+	fs.StringVar(&rot.Secret, "cert-secret", "", "Secret (namespace/name) in which cert-controller issues and rotates the serving certificate; mirrored to --tls-cert-file and --tls-key-file. Empty: the files are managed by someone else.")
+	fs.StringVar(&rot.ProviderName, "provider-name", rot.ProviderName, "Provider object whose spec.caBundle cert-controller keeps current (with --cert-secret).")
 	fs.StringVar(&rot.DNSName, "dns-name", "", "DNS name in the serving certificate: the Service's name, e.g. exec-reaper-provider.gatekeeper-system.svc (with --cert-secret).")
-	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 0, "Time allowed for in-flight requests on shutdown (default 10s).")
 	_ = fs.Parse(os.Args[1:])
-	if certSecret != "" {
-		ns, name, ok := strings.Cut(certSecret, "/")
-		if !ok {
-			fmt.Fprintf(os.Stderr, "exec-reaper-provider: --cert-secret %q is not namespace/name\n", certSecret)
-			os.Exit(2)
-		}
-		rot.SecretNamespace, rot.SecretName = ns, name
+	if rot.Secret != "" {
 		cfg.Rotation = &rot
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "exec-reaper-provider:", err)
+		os.Exit(2)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
