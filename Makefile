@@ -50,10 +50,10 @@ bench: ## Benchmarks; see BENCHMARKS.md. The second part runs against the local 
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./provider/ ./record/
 	$(TOOLS_ENV) $(GO) test -tags e2e -count=1 -run '^$$' -bench . -benchtime 300x ./test/e2e/
 
-demo: build ## The main job: exec into a pod on a local control plane and watch exec-reaper evict it.
+demo: ## The main job: exec into a pod on a local control plane and watch exec-reaper evict it.
 	$(TOOLS_ENV) $(GO) run ./test/demo
 
-up: build ## As demo, but leave the control plane running (make down stops it).
+up: ## As demo, but leave the control plane running (make down stops it).
 	$(TOOLS_ENV) $(GO) run ./test/demo -up
 
 down: ## Stop a control plane left by make up.

@@ -32,6 +32,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 
+	"github.com/exec-reaper/exec-reaper/provider"
 	"github.com/exec-reaper/exec-reaper/record"
 	"github.com/exec-reaper/exec-reaper/test/cluster"
 	"github.com/exec-reaper/exec-reaper/test/install"
@@ -76,6 +77,10 @@ func stateDir() string {
 	}
 	return filepath.Join(dir, "exec-reaper-demo")
 }
+
+// pidFile holds the pid of the process -up leaves running. It lives outside
+// stateDir, which every run of the demo starts by emptying.
+func pidFile() string { return filepath.Join(os.TempDir(), "exec-reaper-demo.pid") }
 
 func say(format string, args ...any) { fmt.Printf("\n==> "+format+"\n", args...) }
 
@@ -188,7 +193,7 @@ func demo(ctx context.Context, serve bool) (err error) {
 	say("The Events on the pod (kubectl get events -n %s), one per entry", demoNS)
 	var msgs []string
 	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
-		evs, err := c.Client().CoreV1().Events(demoNS).List(ctx, metav1.ListOptions{FieldSelector: "reason=ExecReaperEntered"})
+		evs, err := c.Client().CoreV1().Events(demoNS).List(ctx, metav1.ListOptions{FieldSelector: "reason=" + provider.ReasonEntered})
 		if err != nil || len(evs.Items) < 2 {
 			return false, nil
 		}
@@ -211,6 +216,8 @@ func demo(ctx context.Context, serve bool) (err error) {
 	defer w.Stop()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	tooLate := time.NewTimer(time.Until(rec.Deadline) + 30*time.Second)
+	defer tooLate.Stop()
 	var evictedAt time.Time
 	for evictedAt.IsZero() {
 		select {
@@ -227,7 +234,7 @@ func demo(ctx context.Context, serve bool) (err error) {
 			if p, _ := ev.Object.(*corev1.Pod); p != nil && (ev.Type == watch.Deleted || p.DeletionTimestamp != nil) {
 				evictedAt = time.Now()
 			}
-		case <-time.After(time.Until(rec.Deadline) + 30*time.Second):
+		case <-tooLate.C:
 			return errors.New("pod not evicted 30s after its deadline")
 		}
 	}
@@ -385,8 +392,7 @@ func startBackground(ctx context.Context) error {
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	pidFile := filepath.Join(os.TempDir(), "exec-reaper-demo.pid")
-	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+	if err := os.WriteFile(pidFile(), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
 		return err
 	}
 	fmt.Printf("Starting in the background (log: %s)...\n", logPath)
@@ -415,8 +421,7 @@ func startBackground(ctx context.Context) error {
 
 // stopBackground stops the process started by -up and waits for it to exit.
 func stopBackground() error {
-	pidFile := filepath.Join(os.TempDir(), "exec-reaper-demo.pid")
-	b, err := os.ReadFile(pidFile)
+	b, err := os.ReadFile(pidFile())
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -425,9 +430,9 @@ func stopBackground() error {
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil {
-		return fmt.Errorf("bad pid file %s: %w", pidFile, err)
+		return fmt.Errorf("bad pid file %s: %w", pidFile(), err)
 	}
-	_ = os.Remove(pidFile)
+	_ = os.Remove(pidFile())
 	p, err := os.FindProcess(pid)
 	if err != nil {
 		return nil

@@ -29,6 +29,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
+	"github.com/exec-reaper/exec-reaper/provider"
 	"github.com/exec-reaper/exec-reaper/test/cluster"
 )
 
@@ -335,7 +336,7 @@ func (i *Install) StartProvider(ctx context.Context) error {
 		}
 		i.providerAddr = "127.0.0.1:" + strconv.Itoa(port)
 		i.providerProbe = "127.0.0.1:" + strconv.Itoa(probe)
-		if err := i.pointProvider(ctx, "https://localhost:"+strconv.Itoa(port)+"/v1/record"); err != nil {
+		if err := i.pointProvider(ctx, i.ProviderURL()); err != nil {
 			return err
 		}
 	}
@@ -424,7 +425,7 @@ func (i *Install) StopDeleter(n int) error {
 // ProviderURL is where Gatekeeper reaches the provider.
 func (i *Install) ProviderURL() string {
 	_, port, _ := strings.Cut(i.providerAddr, ":")
-	return "https://localhost:" + port + "/v1/record"
+	return "https://localhost:" + port + provider.Path
 }
 
 // ProviderMetrics returns the provider's /metrics text.
