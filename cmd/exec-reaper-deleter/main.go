@@ -10,14 +10,13 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
 	"github.com/exec-reaper/exec-reaper/deleter"
+	"github.com/exec-reaper/exec-reaper/internal/serve"
 )
 
 func main() {
@@ -64,8 +63,7 @@ func run(ctx context.Context, cfg deleter.Config, kubeconfig string) error {
 	if err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := serve.NewRegistry()
 	ctx = klog.NewContext(ctx, klog.Background().WithName("deleter"))
 	return deleter.Run(ctx, cfg, client, clock.RealClock{}, reg)
 }

@@ -11,12 +11,11 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/exec-reaper/exec-reaper/provider"
+	"github.com/exec-reaper/exec-reaper/internal/serve"
 )
 
 func main() {
@@ -70,8 +69,7 @@ func run(ctx context.Context, cfg provider.Config, kubeconfig string, qps float6
 	// The admission path waits on this client, so it must not queue behind
 	// its own rate limit; the API server's priority and fairness protect it.
 	restCfg.QPS, restCfg.Burst = float32(qps), burst
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := serve.NewRegistry()
 	ctx = klog.NewContext(ctx, klog.Background().WithName("provider"))
 	return provider.Run(ctx, cfg, restCfg, reg)
 }

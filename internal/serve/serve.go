@@ -11,6 +11,7 @@ import (
 
 	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -40,6 +41,14 @@ func Run(ctx context.Context, srv *http.Server, timeout time.Duration) error {
 		return err
 	}
 	return nil
+}
+
+// NewRegistry returns a metrics registry with the Go runtime's and the
+// process's collectors, to which each binary adds its own.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
 }
 
 // Check is a probe: nil means healthy.
