@@ -448,7 +448,17 @@ func readObjects(path string) ([]*unstructured.Unstructured, error) {
 		return nil, err
 	}
 	defer f.Close()
-	dec := utilyaml.NewYAMLOrJSONDecoder(f, 64*1024)
+	objs, err := DecodeObjects(f)
+	if err != nil {
+		return nil, fmt.Errorf("decoding %s: %w", path, err)
+	}
+	return objs, nil
+}
+
+// DecodeObjects reads a stream of YAML or JSON documents (kubectl's
+// manifests, helm template's output) into objects, skipping empty ones.
+func DecodeObjects(r io.Reader) ([]*unstructured.Unstructured, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(r, 64*1024)
 	var objs []*unstructured.Unstructured
 	for {
 		var m map[string]any
@@ -456,7 +466,7 @@ func readObjects(path string) ([]*unstructured.Unstructured, error) {
 			if errors.Is(err, io.EOF) {
 				return objs, nil
 			}
-			return nil, fmt.Errorf("decoding %s: %w", path, err)
+			return nil, err
 		}
 		if len(m) == 0 {
 			continue

@@ -26,7 +26,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
 	"github.com/exec-reaper/exec-reaper/provider"
@@ -144,8 +143,8 @@ func (i *Install) applyChart(ctx context.Context) error {
 		}
 		return err
 	}
-	if i.objects, err = decodeAll(out); err != nil {
-		return err
+	if i.objects, err = cluster.DecodeObjects(bytes.NewReader(out)); err != nil {
+		return fmt.Errorf("decoding rendered chart: %w", err)
 	}
 
 	// In a cluster, Gatekeeper's cert-controller fills this Secret; the
@@ -210,23 +209,6 @@ func (i *Install) apply(ctx context.Context, name string, objs []*unstructured.U
 	}
 	_, _, err := i.c.Kubectl(ctx, "", append([]string{"apply", "-f", path}, extra...)...)
 	return err
-}
-
-func decodeAll(data []byte) ([]*unstructured.Unstructured, error) {
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
-	var objs []*unstructured.Unstructured
-	for {
-		var m map[string]any
-		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
-			return objs, nil
-		} else if err != nil {
-			return nil, fmt.Errorf("decoding rendered chart: %w", err)
-		}
-		if len(m) == 0 {
-			continue
-		}
-		objs = append(objs, &unstructured.Unstructured{Object: m})
-	}
 }
 
 // takeArgs records the container arguments and ServiceAccount of a
