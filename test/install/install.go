@@ -33,7 +33,7 @@ import (
 )
 
 // Namespace is where the chart installs by default: Gatekeeper's.
-const Namespace = "gatekeeper-system"
+const Namespace = cluster.GatekeeperNamespace
 
 // Timeouts for the steps of Setup.
 const (
