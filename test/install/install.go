@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -133,18 +134,9 @@ func (i *Install) build(ctx context.Context) error {
 // applyChart renders the chart, applies what can exist without nodes, and
 // keeps the rendered Deployments' arguments for the local processes.
 func (i *Install) applyChart(ctx context.Context) error {
-	args := append([]string{"template", "exec-reaper", filepath.Join(i.opts.RepoRoot, "charts", "exec-reaper"),
-		"--namespace", Namespace}, setFlags(i.opts.Values)...)
-	out, err := exec.CommandContext(ctx, i.opts.Helm, args...).Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return fmt.Errorf("helm template: %w: %s", err, ee.Stderr)
-		}
+	var err error
+	if i.objects, err = i.Render(ctx); err != nil {
 		return err
-	}
-	if i.objects, err = cluster.DecodeObjects(bytes.NewReader(out)); err != nil {
-		return fmt.Errorf("decoding rendered chart: %w", err)
 	}
 
 	// In a cluster, Gatekeeper's cert-controller fills this Secret; the
@@ -180,6 +172,32 @@ func (i *Install) applyChart(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// Render runs helm template on the chart with the install's values and the
+// extra ones given, and returns the objects.
+func (i *Install) Render(ctx context.Context, values ...string) ([]*unstructured.Unstructured, error) {
+	args := append([]string{"template", "exec-reaper", filepath.Join(i.opts.RepoRoot, "charts", "exec-reaper"),
+		"--namespace", Namespace}, setFlags(append(slices.Clone(i.opts.Values), values...))...)
+	out, err := exec.CommandContext(ctx, i.opts.Helm, args...).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return nil, fmt.Errorf("helm template: %w: %s", err, ee.Stderr)
+		}
+		return nil, err
+	}
+	objs, err := cluster.DecodeObjects(bytes.NewReader(out))
+	if err != nil {
+		return nil, fmt.Errorf("decoding rendered chart: %w", err)
+	}
+	return objs, nil
+}
+
+// Apply applies objects with the real kubectl as the admin, with extra
+// kubectl arguments (e.g. --dry-run=server).
+func (i *Install) Apply(ctx context.Context, name string, objs []*unstructured.Unstructured, extra ...string) error {
+	return i.apply(ctx, name, objs, extra...)
 }
 
 func setFlags(values []string) []string {
