@@ -47,8 +47,8 @@ func (s *SecretSync) Run(ctx context.Context) {
 	inf := factory.Core().V1().Secrets().Informer()
 	write := func(obj any) {
 		secret, ok := obj.(*corev1.Secret)
-		if !ok {
-			return
+		if !ok || secret.Name != s.name {
+			return // the field selector already keeps others out; be sure
 		}
 		if missing := s.missing(secret); missing != "" {
 			// cert-controller has not filled a new Secret yet.
