@@ -985,7 +985,7 @@ func TestPolicies(t *testing.T) {
 			"--set", "policies.exemptUsers={alice@example.com,system:admin}", "--set", "policies.exemptGroups={sre}",
 			"--set", "policies.portForward=true", "--set", "policies.excludedNamespaces={kube-system,monitoring}",
 			"--set", "policies.constraintName=reaper", "--set", "provider.providerName=reaper-provider",
-			"--set", "policies.recordGuard.extensionGroups={reaper-admins}")
+			"--set", "guard.extensionGroups={reaper-admins}")
 		c := constraint(t, o, "K8sExecReaper", "reaper")
 		want := constraintParams{
 			EnforcementAction: "deny",

@@ -688,9 +688,9 @@ func TestInvalidRecord(t *testing.T) {
 			wantKey: record.DeadlineLabel,
 		},
 		{
-			name:    "pod-uid annotation missing",
-			mutate:  func(p *corev1.Pod) { delete(p.Annotations, record.PodUIDAnnotation) },
-			wantKey: record.PodUIDAnnotation,
+			name:    "pod-uid label and annotation missing",
+			mutate:  func(p *corev1.Pod) { delete(p.Labels, record.PodUIDLabel); delete(p.Annotations, record.PodUIDAnnotation) },
+			wantKey: record.PodUIDLabel,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

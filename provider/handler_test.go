@@ -377,8 +377,8 @@ func checkPatch(t *testing.T, p clienttesting.PatchAction, rv string) {
 		t.Errorf("patch resourceVersion %s, want %q (as read)", patch["metadata"]["resourceVersion"], rv)
 	}
 	var labels map[string]string
-	if err := json.Unmarshal(patch["metadata"]["labels"], &labels); err != nil || len(labels) != 1 || labels[record.DeadlineLabel] == "" {
-		t.Errorf("patch labels %s, want only %s", patch["metadata"]["labels"], record.DeadlineLabel)
+	if err := json.Unmarshal(patch["metadata"]["labels"], &labels); err != nil || len(labels) != 2 || labels[record.DeadlineLabel] == "" || labels[record.PodUIDLabel] == "" {
+		t.Errorf("patch labels %s, want only %s and %s", patch["metadata"]["labels"], record.DeadlineLabel, record.PodUIDLabel)
 	}
 }
 

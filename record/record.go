@@ -7,6 +7,7 @@
 //
 //	labels:
 //	  exec-reaper.io/deadline: "1795000000"              # Unix seconds; the deleter selects on it
+//	  exec-reaper.io/pod-uid: "6f0c…"                     # the pod the record is bound to
 //	annotations:
 //	  exec-reaper.io/deadline: "2026-11-26T10:45:00Z"    # the same instant, for people
 //	  exec-reaper.io/pod-uid: "6f0c…"                     # the pod the record is bound to
@@ -15,8 +16,12 @@
 //	  exec-reaper.io/last-entry: '{"user":"bob",…}'
 //
 // Usernames, groups and commands can hold any character, so they live only in
-// annotations. The label is authoritative for the deleter; the annotations
-// explain it.
+// annotations. What binds the record (its deadline and pod UID) is in labels,
+// authoritative for the deleter; the annotations explain it. Labels because
+// the API server's NodeRestriction plugin refuses a kubelet's label changes
+// through pods/status but not its annotation changes: a node credential
+// stolen from an entered container cannot unbind a record by deleting an
+// annotation. The chart's ValidatingAdmissionPolicy guards both.
 package record
 
 import (
@@ -40,9 +45,12 @@ const (
 	DeadlineLabel = Prefix + "deadline"
 	// DeadlineAnnotation holds the deadline in RFC 3339, for people.
 	DeadlineAnnotation = Prefix + "deadline"
-	// PodUIDAnnotation holds the UID of the pod the record was written on. The
+	// PodUIDLabel holds the UID of the pod the record was written on. The
 	// deleter evicts with this UID as a precondition, so a pod recreated under the
 	// same name is never evicted for its predecessor's entry.
+	PodUIDLabel = Prefix + "pod-uid"
+	// PodUIDAnnotation repeats the pod UID for records written before it was a
+	// label: Binding falls back to it when the label is missing.
 	PodUIDAnnotation = Prefix + "pod-uid"
 	// EntriesAnnotation counts distinct entries, in decimal.
 	EntriesAnnotation = Prefix + "entries"
@@ -174,8 +182,10 @@ func decodeEntry(annotations map[string]string, key string, e *Entry) error {
 }
 
 // Binding returns what the deleter needs of a record: the deadline and the UID
-// of the pod it is bound to. Unlike Read it ignores the descriptive
-// annotations, so a damaged entry never stops an eviction that is due.
+// of the pod it is bound to, both from labels (the UID from the annotation
+// only for a record written before the UID was a label). Unlike Read it
+// ignores the descriptive annotations, so a damaged entry never stops an
+// eviction that is due.
 func Binding(labels, annotations map[string]string) (time.Time, types.UID, error) {
 	v, ok := labels[DeadlineLabel]
 	if !ok {
@@ -185,9 +195,14 @@ func Binding(labels, annotations map[string]string) (time.Time, types.UID, error
 	if err != nil {
 		return time.Time{}, "", err
 	}
-	uid := types.UID(annotations[PodUIDAnnotation])
+	// The label wins over the annotation: a kubelet may change annotations
+	// through pods/status, so a disagreement must not unbind the record.
+	uid := types.UID(labels[PodUIDLabel])
 	if uid == "" {
-		return deadline, "", fmt.Errorf("annotation %s is missing", PodUIDAnnotation)
+		uid = types.UID(annotations[PodUIDAnnotation])
+	}
+	if uid == "" {
+		return deadline, "", fmt.Errorf("label %s is missing", PodUIDLabel)
 	}
 	return deadline, uid, nil
 }
@@ -245,7 +260,7 @@ func Apply(existing *Record, podUID types.UID, e Entry, ttl time.Duration) (Reco
 
 // Labels returns the record's labels.
 func (r Record) Labels() map[string]string {
-	return map[string]string{DeadlineLabel: FormatDeadline(r.Deadline)}
+	return map[string]string{DeadlineLabel: FormatDeadline(r.Deadline), PodUIDLabel: string(r.PodUID)}
 }
 
 // Annotations returns the record's annotations.

@@ -371,8 +371,8 @@ func TestReadErrors(t *testing.T) {
 		{name: "label negative", change: func(l, _ map[string]string) { l[record.DeadlineLabel] = "-5" }, wantErr: "positive"},
 		{name: "label fractional", change: func(l, _ map[string]string) { l[record.DeadlineLabel] = "1795000000.5" }, wantErr: record.DeadlineLabel},
 		{name: "label overflows int64", change: func(l, _ map[string]string) { l[record.DeadlineLabel] = "99999999999999999999" }, wantErr: record.DeadlineLabel},
-		{name: "pod UID missing", change: func(_, a map[string]string) { delete(a, record.PodUIDAnnotation) }, wantErr: record.PodUIDAnnotation},
-		{name: "pod UID empty", change: func(_, a map[string]string) { a[record.PodUIDAnnotation] = "" }, wantErr: record.PodUIDAnnotation},
+		{name: "pod UID missing", change: func(l, a map[string]string) { delete(l, record.PodUIDLabel); delete(a, record.PodUIDAnnotation) }, wantErr: record.PodUIDLabel},
+		{name: "pod UID empty", change: func(l, a map[string]string) { l[record.PodUIDLabel] = ""; a[record.PodUIDAnnotation] = "" }, wantErr: record.PodUIDLabel},
 		{name: "first entry missing", change: func(_, a map[string]string) { delete(a, record.FirstEntryAnnotation) }, wantErr: record.FirstEntryAnnotation, wantBindingOK: true},
 		{name: "first entry not JSON", change: func(_, a map[string]string) { a[record.FirstEntryAnnotation] = "alice" }, wantErr: record.FirstEntryAnnotation, wantBindingOK: true},
 		{name: "first entry wrong type", change: func(_, a map[string]string) { a[record.FirstEntryAnnotation] = `{"user":5}` }, wantErr: record.FirstEntryAnnotation, wantBindingOK: true},
@@ -453,5 +453,33 @@ func TestOperationValid(t *testing.T) {
 		if got := op.Valid(); got != want {
 			t.Errorf("Operation(%q).Valid() = %v, want %v", op, got, want)
 		}
+	}
+}
+
+// TestBindingByLabel: the pod UID binding is read from the label, which a
+// kubelet cannot change through pods/status (NodeRestriction), so removing or
+// rewriting the annotation (which it can) neither unbinds nor rebinds a
+// record; records written before the label existed still bind by annotation.
+func TestBindingByLabel(t *testing.T) {
+	deadline := time.Unix(1795000000, 0).UTC()
+	rec := record.Record{Deadline: deadline, PodUID: "uid-a", Entries: 1}
+	for _, tt := range []struct {
+		name    string
+		change  func(labels, annotations map[string]string)
+		wantUID types.UID
+	}{
+		{name: "as written", change: func(_, _ map[string]string) {}, wantUID: "uid-a"},
+		{name: "annotation removed", change: func(_, a map[string]string) { delete(a, record.PodUIDAnnotation) }, wantUID: "uid-a"},
+		{name: "annotation rewritten", change: func(_, a map[string]string) { a[record.PodUIDAnnotation] = "uid-b" }, wantUID: "uid-a"},
+		{name: "written before the label", change: func(l, _ map[string]string) { delete(l, record.PodUIDLabel) }, wantUID: "uid-a"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			labels, annotations := rec.Labels(), rec.Annotations()
+			tt.change(labels, annotations)
+			gotDeadline, uid, err := record.Binding(labels, annotations)
+			if err != nil || uid != tt.wantUID || !gotDeadline.Equal(deadline) {
+				t.Fatalf("Binding = %s, %q, %v; want %s, %q, nil", gotDeadline, uid, err, deadline, tt.wantUID)
+			}
+		})
 	}
 }

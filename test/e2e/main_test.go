@@ -95,7 +95,7 @@ func setup(ctx context.Context) error {
 		// Evictions refused by a PodDisruptionBudget are retried every
 		// second here, so the test sees the eviction soon after the budget
 		// allows it.
-		Values:          []string{"deleter.retryMaxDelay=1s"},
+		Values:          []string{"deleter.retryMaxDelay=1s", "guard.extensionGroups={" + extenders + "}"},
 		DeleterReplicas: 2,
 		Log:             os.Stderr,
 	})
