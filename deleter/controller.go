@@ -36,6 +36,7 @@ const (
 	ReasonEvictionRefused = "ExecReaperEvictionRefused"
 	ReasonWouldEvict      = "ExecReaperWouldEvict"
 	ReasonInvalidRecord   = "ExecReaperInvalidRecord"
+	ReasonGuardMissing    = "ExecReaperGuardMissing"
 )
 
 // evictTimeout bounds one Eviction call, so a slow API server cannot hold a
@@ -59,6 +60,11 @@ type Options struct {
 	// MaxRetries bounds retries of evictions that failed for reasons other than
 	// a PodDisruptionBudget; the informer's resync brings the pod back later.
 	MaxRetries int
+	// GuardPolicy names the record guard: the ValidatingAdmissionPolicy (and
+	// its binding of the same name) that lets no one but the provider write a
+	// record. While it is not in force the deleter evicts nothing, since a
+	// record could then have been forged. Empty trusts records without it.
+	GuardPolicy string
 }
 
 // Default fills unset fields.
@@ -94,6 +100,9 @@ type Controller struct {
 	// announced remembers pods already reported in dry-run mode, so a resync
 	// does not report them again.
 	announced sync.Map // types.UID → struct{}
+	// held remembers pods already told that the guard is missing.
+	held  sync.Map // types.UID → struct{}
+	guard *guard
 }
 
 // NewController returns a controller fed by informer, which must list only
@@ -113,6 +122,7 @@ func NewController(client kubernetes.Interface, informer coreinformers.PodInform
 		clock:    clk,
 		recorder: recorder,
 		opts:     opts,
+		guard:    &guard{client: client, name: opts.GuardPolicy, clock: clk},
 	}
 	_, err := informer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    c.enqueue,
@@ -125,6 +135,7 @@ func NewController(client kubernetes.Interface, informer coreinformers.PodInform
 			}
 			if pod, ok := obj.(*corev1.Pod); ok {
 				c.announced.Delete(pod.UID)
+				c.held.Delete(pod.UID)
 			}
 		},
 	})
@@ -263,6 +274,16 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (time.Durat
 		log.V(2).Info("Waiting for deadline", "deadline", deadline, "in", left)
 		return left, nil
 	}
+	if err := c.guard.check(ctx); err != nil {
+		guardHeldTotal.Inc()
+		log.Error(err, "Not evicting: the record guard is not in force", "deadline", deadline)
+		if _, seen := c.held.LoadOrStore(uid, struct{}{}); !seen {
+			c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonGuardMissing, "Evict",
+				"exec-reaper is holding this pod's eviction (deadline %s): %v", deadline.UTC().Format(time.RFC3339), err)
+		}
+		return GuardRecheck, nil
+	}
+	c.held.Delete(uid)
 	return 0, c.evict(ctx, pod, uid, deadline)
 }
 

@@ -16,6 +16,14 @@ var (
 		Help:    "Time from a pod's deadline to its eviction.",
 		Buckets: []float64{.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 1800},
 	})
+	guardInForce = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "exec_reaper_deleter_guard_in_force",
+		Help: "1 while the record guard (ValidatingAdmissionPolicy) is in force, 0 while it is missing and evictions are held.",
+	})
+	guardHeldTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "exec_reaper_deleter_guard_held_total",
+		Help: "Due evictions held back because the record guard was not in force.",
+	})
 	dropsTotal = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "exec_reaper_deleter_dropped_total",
 		Help: "Pods given up on after repeated errors, until the next resync.",
@@ -25,7 +33,7 @@ var (
 // Register adds the deleter's metrics to reg, including a gauge of the
 // recorded pods in pods' cache.
 func Register(reg prometheus.Registerer, pods corelisters.PodLister) {
-	reg.MustRegister(evictionsTotal, evictionLag, dropsTotal,
+	reg.MustRegister(evictionsTotal, evictionLag, dropsTotal, guardInForce, guardHeldTotal,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "exec_reaper_deleter_recorded_pods",
 			Help: "Pods that carry an exec-reaper record and still exist.",

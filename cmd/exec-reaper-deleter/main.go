@@ -32,6 +32,7 @@ func main() {
 	fs.DurationVar(&cfg.RetryBaseDelay, "retry-base-delay", cfg.RetryBaseDelay, "First delay after a refused or failed eviction.")
 	fs.DurationVar(&cfg.RetryMaxDelay, "retry-max-delay", cfg.RetryMaxDelay, "Longest delay between retries; also how late an eviction can be once its PodDisruptionBudget allows it.")
 	fs.IntVar(&cfg.MaxRetries, "max-retries", cfg.MaxRetries, "Retries for evictions failing for reasons other than a PodDisruptionBudget, before waiting for the next resync.")
+	fs.StringVar(&cfg.GuardPolicy, "guard-policy", "", "Name of the record guard ValidatingAdmissionPolicy (and binding); while it is not in force nothing is evicted. Empty trusts records without it.")
 	fs.DurationVar(&cfg.Resync, "resync", cfg.Resync, "How often every recorded pod is looked at again.")
 	fs.BoolVar(&cfg.LeaderElection, "leader-elect", true, "Elect a leader among replicas through a Lease; only the leader evicts.")
 	fs.StringVar(&cfg.LeaseNamespace, "lease-namespace", os.Getenv("POD_NAMESPACE"), "Namespace of the Lease (default $POD_NAMESPACE).")

@@ -54,6 +54,11 @@ Provider object's URL: both come from here, so they always agree.
 {{- printf "https://%s:%d/v1/record" (include "exec-reaper.provider.dnsName" .) (int .Values.provider.service.port) -}}
 {{- end -}}
 
+{{/* The record guard's ValidatingAdmissionPolicy and binding. */}}
+{{- define "exec-reaper.guardName" -}}
+{{- printf "%s-record-guard" (include "exec-reaper.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "exec-reaper.deleter.leaseName" -}}
 {{- default (include "exec-reaper.deleter.fullname" .) .Values.deleter.leaderElection.leaseName -}}
 {{- end -}}
