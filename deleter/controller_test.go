@@ -688,8 +688,11 @@ func TestInvalidRecord(t *testing.T) {
 			wantKey: record.DeadlineLabel,
 		},
 		{
-			name:    "pod-uid label and annotation missing",
-			mutate:  func(p *corev1.Pod) { delete(p.Labels, record.PodUIDLabel); delete(p.Annotations, record.PodUIDAnnotation) },
+			name: "pod-uid label and annotation missing",
+			mutate: func(p *corev1.Pod) {
+				delete(p.Labels, record.PodUIDLabel)
+				delete(p.Annotations, record.PodUIDAnnotation)
+			},
 			wantKey: record.PodUIDLabel,
 		},
 	} {
