@@ -556,6 +556,12 @@ func FuzzHandler(f *testing.F) {
 	f.Add(providerRequest(f, valid, "v2:{}", "", keyFor(f, execBy("bob", "req-2", "0s"))))
 	f.Add(providerRequest(f))
 	f.Add(providerRequest(f, strings.Repeat("x", 100)))
+	trial := execBy("alice", "req-3", "1m")
+	trial.Trial = true
+	long := execBy(strings.Repeat("u", 5000), "req-4", "1h")
+	long.Command = []string{"sh", "-c", strings.Repeat("\u2028\x00<", 3000)}
+	f.Add(providerRequest(f, keyFor(f, trial), keyFor(f, long), keyFor(f, execBy("alice", "req-3", "30s"))))
+	f.Add([]byte(`{"apiVersion":"externaldata.gatekeeper.sh/v1beta1","kind":"ProviderRequest","request":{"keys":["v1:{}"],"future":true},"future":{}}`))
 	f.Add([]byte(`{"apiVersion":"externaldata.gatekeeper.sh/v1beta1","kind":"ProviderRequest","request":{"keys":[null, "v1:null"]}}`))
 	f.Add([]byte(`{"apiVersion":"externaldata.gatekeeper.sh/v1beta1","kind":"ProviderRequest","request":{"keys":["a"]},"Request":{"keys":["b","c"]}}`))
 	f.Add([]byte(`{"apiVersion":"v1","kind":"ProviderRequest","request":{"keys":["a"]}}`))
