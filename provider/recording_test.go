@@ -190,8 +190,10 @@ func TestHandlerTrial(t *testing.T) {
 		pr := d.keys(t, key)
 		checkItems(t, pr, []string{key}, []item{{outcome: provider.OutcomeTrial, deadline: t0.Add(10 * time.Minute)}})
 		pod := getPod(t, d.cs)
-		if _, ok := pod.Labels[record.DeadlineLabel]; ok {
-			t.Fatalf("trial entry set the deadline label: %v", pod.Labels)
+		for k := range pod.Labels {
+			if strings.HasPrefix(k, record.Prefix) {
+				t.Fatalf("trial entry set label %s: %v", k, pod.Labels)
+			}
 		}
 		for k := range pod.Annotations {
 			if strings.HasPrefix(k, record.Prefix) && k != record.TrialAnnotation {
