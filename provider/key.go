@@ -53,6 +53,9 @@ type Request struct {
 // object. It is strict: unknown fields, trailing data, missing fields and
 // invalid names are errors, each message naming the problem.
 func Decode(key string) (Request, error) {
+	if strings.HasPrefix(key, interimKeyVersion2) {
+		return decodeV2Interim(key) // INTERIM: see key_v2_interim.go
+	}
 	var r Request
 	if len(key) > MaxKeyBytes {
 		return r, fmt.Errorf("key is %d bytes, more than the %d allowed", len(key), MaxKeyBytes)

@@ -6,6 +6,7 @@ package templates_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -348,6 +349,7 @@ func TestFailures(t *testing.T) {
 		req         func(t *testing.T) *admissionv1.AdmissionRequest
 		stopServer  bool
 		wantInMsg   []string
+		notInMsg    []string
 		wantNoMatch bool
 	}{{
 		name: "unknown pod, fail open", action: "warn", policy: "Ignore", req: unknownPod,
@@ -358,11 +360,13 @@ func TestFailures(t *testing.T) {
 	}, {
 		name: "provider down, fail open", action: "warn", policy: "Ignore", stopServer: true,
 		req:       func(t *testing.T) *admissionv1.AdmissionRequest { return execReq(t, alice) },
-		wantInMsg: []string{"could not record this exec", "the provider is unavailable"},
+		wantInMsg: []string{"could not record this exec", "the provider did not answer (failed to send external data request"},
+		notInMsg:  []string{"HTTP"},
 	}, {
 		name: "provider down, fail closed", action: "deny", policy: "Fail", stopServer: true,
 		req:       func(t *testing.T) *admissionv1.AdmissionRequest { return execReq(t, alice) },
-		wantInMsg: []string{"exec-reaper denied this exec", "the provider is unavailable"},
+		wantInMsg: []string{"exec-reaper denied this exec", "the provider did not answer (failed to send external data request", "Try again shortly"},
+		notInMsg:  []string{"HTTP", "misconfigured"},
 	}, {
 		name: "provider down, exempt user", action: "deny", policy: "Fail", stopServer: true,
 		req: func(t *testing.T) *admissionv1.AdmissionRequest {
@@ -394,6 +398,11 @@ func TestFailures(t *testing.T) {
 					t.Errorf("message %q lacks %q", results[0].Msg, want)
 				}
 			}
+			for _, not := range tt.notInMsg {
+				if strings.Contains(results[0].Msg, not) {
+					t.Errorf("message %q has %q", results[0].Msg, not)
+				}
+			}
 		})
 	}
 }
@@ -423,6 +432,33 @@ func TestUnusualUsernames(t *testing.T) {
 			}
 			if rec.First.User != user {
 				t.Errorf("recorded user %q, want %q", rec.First.User, user)
+			}
+		})
+	}
+}
+
+// Gatekeeper's external_data reads the key through OPA's ast.As, which
+// fails on a DEL character or a non-printable character beyond U+FFFF; the
+// call then never happens, and (before the template escaped them) such an
+// entry passed unrecorded even under failurePolicy Fail. Each of these
+// must be recorded, by Gatekeeper's own driver and the real provider.
+func TestUnquotableCharactersRecorded(t *testing.T) {
+	for _, arg := range []string{"echo \x7f", "echo \U000E0001", "\U0010FFFF"} {
+		t.Run(fmt.Sprintf("%q", arg), func(t *testing.T) {
+			p := newPolicy(t, "deny", map[string]any{"ttl": "10m", "failurePolicy": "Fail"})
+			req := connect(t, "exec", "PodExecOptions", alice, map[string]any{"container": "app", "command": []string{"sh", "-c", arg}})
+			if results := p.review(req); len(results) != 0 {
+				t.Fatalf("got %v, want the exec allowed, recorded", results)
+			}
+			if n := p.podReads(); n != 1 {
+				t.Fatalf("provider called %d times, want once: the entry went unrecorded", n)
+			}
+			rec, err := record.Read(p.pod().Labels, p.pod().Annotations)
+			if err != nil {
+				t.Fatalf("no record on the pod: %v", err)
+			}
+			if got := rec.First.Command; len(got) != 3 || got[0] != "sh" {
+				t.Errorf("recorded command %q", got)
 			}
 		})
 	}
