@@ -26,17 +26,29 @@ func constraint(kind, name string) *unstructured.Unstructured {
 	return u
 }
 
-func newClient(objs ...runtime.Object) *dynamicfake.FakeDynamicClient {
-	return dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+var otherKind = schema.GroupVersionResource{Group: "constraints.gatekeeper.sh", Version: "v1beta1", Resource: "k8srequiredlabels"}
+
+// newClient holds the constraints under Gatekeeper's resource names (the
+// lowercase kind, no plural s), which the fake would not guess.
+func newClient(t *testing.T, objs ...*unstructured.Unstructured) *dynamicfake.FakeDynamicClient {
+	t.Helper()
+	client := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
 		cleanup.Kinds[0]: "K8sExecReaperList",
 		cleanup.Kinds[1]: "K8sExecReaperRecordGuardList",
 		// A kind of someone else's, which must be left alone.
-		{Group: "constraints.gatekeeper.sh", Version: "v1beta1", Resource: "k8srequiredlabels"}: "K8sRequiredLabelsList",
-	}, objs...)
+		otherKind: "K8sRequiredLabelsList",
+	})
+	for _, o := range objs {
+		gvr := schema.GroupVersionResource{Group: "constraints.gatekeeper.sh", Version: "v1beta1", Resource: strings.ToLower(o.GetKind())}
+		if err := client.Tracker().Create(gvr, o, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return client
 }
 
 func TestRemoveConstraints(t *testing.T) {
-	client := newClient(
+	client := newClient(t,
 		constraint("K8sExecReaper", "exec-reaper"),
 		constraint("K8sExecReaper", "exec-reaper-strict"), // applied with kubectl
 		constraint("K8sExecReaperRecordGuard", "exec-reaper-record-guard"),
@@ -55,8 +67,7 @@ func TestRemoveConstraints(t *testing.T) {
 			t.Errorf("%d %s left", len(list.Items), gvr.Resource)
 		}
 	}
-	other := schema.GroupVersionResource{Group: "constraints.gatekeeper.sh", Version: "v1beta1", Resource: "k8srequiredlabels"}
-	if _, err := client.Resource(other).Get(context.Background(), "owner-label", metav1.GetOptions{}); err != nil {
+	if _, err := client.Resource(otherKind).Get(context.Background(), "owner-label", metav1.GetOptions{}); err != nil {
 		t.Errorf("another template's constraint was touched: %v", err)
 	}
 	for _, want := range []string{"deleted k8sexecreaper exec-reaper\n", "deleted k8sexecreaper exec-reaper-strict\n", "deleted k8sexecreaperrecordguard exec-reaper-record-guard\n"} {
@@ -68,7 +79,7 @@ func TestRemoveConstraints(t *testing.T) {
 
 // A kind whose CRD is gone (the template was deleted first) is nothing to do.
 func TestRemoveConstraintsKindMissing(t *testing.T) {
-	client := newClient()
+	client := newClient(t)
 	client.PrependReactor("list", "k8sexecreaperrecordguard", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewNotFound(schema.GroupResource{Group: "constraints.gatekeeper.sh", Resource: "k8sexecreaperrecordguard"}, "")
 	})
@@ -84,7 +95,7 @@ func TestRemoveConstraintsKindMissing(t *testing.T) {
 // A refused deletion is an error that names the constraint and what to do,
 // and does not stop the others.
 func TestRemoveConstraintsReportsFailures(t *testing.T) {
-	client := newClient(constraint("K8sExecReaper", "a"), constraint("K8sExecReaper", "b"))
+	client := newClient(t, constraint("K8sExecReaper", "a"), constraint("K8sExecReaper", "b"))
 	client.PrependReactor("delete", "k8sexecreaper", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		if a.(k8stesting.DeleteAction).GetName() == "a" {
 			return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "k8sexecreaper"}, "a", errors.New("no"))
