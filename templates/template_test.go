@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
+	"sigs.k8s.io/yaml"
 
 	"github.com/exec-reaper/exec-reaper/record"
 	"github.com/exec-reaper/exec-reaper/verifier"
@@ -461,5 +463,35 @@ func TestUnquotableCharactersRecorded(t *testing.T) {
 				t.Errorf("recorded command %q", got)
 			}
 		})
+	}
+}
+
+// TestNoOperationsField: no template sets spec.targets[].operations, a
+// field the ConstraintTemplate CRD of Gatekeeper 3.17-3.20 lacks, so that
+// kubectl apply (strict field validation) refuses the template there
+// (test/e2e/versions_test.go applies them on v3.17.1).
+func TestNoOperationsField(t *testing.T) {
+	files, err := filepath.Glob("*/template.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no templates (%v)", err)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tmpl struct {
+			Spec struct {
+				Targets []map[string]any `json:"targets"`
+			} `json:"spec"`
+		}
+		if err := yaml.Unmarshal(data, &tmpl); err != nil {
+			t.Fatal(err)
+		}
+		for _, target := range tmpl.Spec.Targets {
+			if _, ok := target["operations"]; ok {
+				t.Errorf("%s sets operations, which Gatekeeper < 3.21 refuses; check the operation in Rego", f)
+			}
+		}
 	}
 }

@@ -230,3 +230,47 @@ func TestTrialModeNeverEvicts(t *testing.T) {
 	}
 	assertNoRecord(t, pod)
 }
+
+// TestMisconfiguredConstraintSaysSo: a strict constraint naming a Provider
+// that does not exist (as after exec-reaper was uninstalled with the
+// constraint left behind) refuses the exec with a message that names the
+// constraint, calls it misconfigured and claims no HTTP status.
+func TestMisconfiguredConstraintSaysSo(t *testing.T) {
+	ns := namespace(t, "e2e-no-provider")
+	path := writeConstraint(t, "e2e-no-provider", "deny", map[string]any{"namespaces": []any{ns}},
+		map[string]any{"ttl": "1h", "failurePolicy": "Fail", "provider": "gone"})
+	applyConstraint(t, path)
+	waitEnforced(t, "e2e-no-provider")
+	pod := barePod(t, ns, "web", appLabels)
+	bg, err := c.Kubeconfig("breakglass-no-provider", breakglass, "dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, err := kubectl(t, bg, "exec", "-n", ns, pod.Name, "-c", "app", "--", "sh")
+	if err == nil {
+		t.Fatal("exec admitted under a strict constraint that cannot record")
+	}
+	for _, want := range []string{"[e2e-no-provider] exec-reaper denied this exec into pod " + ns + "/web: this constraint is misconfigured",
+		`Gatekeeper has no Provider named "gone"`, "Retrying will not help"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("kubectl said %q; want it to contain %q", stderr, want)
+		}
+	}
+	if strings.Contains(stderr, "HTTP") || strings.Contains(stderr, "Try again") {
+		t.Errorf("kubectl said %q: no HTTP status was answered, and retrying does not help", stderr)
+	}
+	assertNoRecord(t, pod)
+}
+
+// TestUnquotableCommandRecorded: under the strict constraint, an exec whose
+// command holds a DEL character is recorded. Before the template escaped
+// it, Gatekeeper's external_data could not read the key, never called the
+// provider, and the exec was admitted unrecorded.
+func TestUnquotableCommandRecorded(t *testing.T) {
+	pod := barePod(t, namespace(t, strictNS), "web-del", appLabels)
+	kubectlExec(t, aliceKubeconfig, pod, "sh", "-c", "echo \x7f")
+	rec := waitRecord(t, pod)
+	if got := rec.First.Command; len(got) != 3 || got[2] != "echo \x7f" {
+		t.Errorf("recorded command %q", got)
+	}
+}
