@@ -173,8 +173,8 @@ type Mark struct {
 	Time time.Time `json:"time"`
 }
 
-// mark returns e's fingerprint at the given time.
-func (e Entry) mark(at time.Time) Mark {
+// Mark returns e's fingerprint, as recorded at the given time.
+func (e Entry) Mark(at time.Time) Mark {
 	digests := map[string]string{}
 	for _, f := range []string{FieldUser, FieldContainer, FieldCommand} {
 		if d, ok := e.Digests[f]; ok {
@@ -192,9 +192,9 @@ func (e Entry) mark(at time.Time) Mark {
 	return Mark{RequestUID: e.RequestUID, Sum: hex.EncodeToString(sum[:8]), Time: at.UTC().Truncate(time.Millisecond)}
 }
 
-// repeatOf returns the mark m repeats, if any: the same request UID, or the
-// same act within RepeatWindow.
-func repeatOf(marks []Mark, m Mark) (Mark, bool) {
+// RepeatOf returns the mark that m repeats, if any: the one with the same
+// request UID, or else the latest of the same act within RepeatWindow.
+func RepeatOf(marks []Mark, m Mark) (Mark, bool) {
 	for i := len(marks) - 1; i >= 0; i-- {
 		if marks[i].RequestUID == m.RequestUID {
 			return marks[i], true
@@ -357,7 +357,7 @@ func Apply(existing *Record, podUID types.UID, e Entry, ttl time.Duration) (Reco
 	at := e.Time // the deadline counts from the exact time, the record keeps seconds
 	e = Bound(e)
 	e.Time = e.Time.UTC().Truncate(time.Second)
-	m := e.mark(at)
+	m := e.Mark(at)
 	if existing == nil || existing.PodUID != podUID {
 		return Record{Deadline: Deadline(time.Time{}, at, ttl), PodUID: podUID, Entries: 1, First: e, Last: e, Recent: []Mark{m}}, OutcomeFirst
 	}
@@ -365,9 +365,9 @@ func Apply(existing *Record, podUID types.UID, e Entry, ttl time.Duration) (Reco
 	marks := r.Recent
 	if len(marks) == 0 && r.Last.RequestUID != "" {
 		// A record from before the list existed: its last entry is all there is.
-		marks = []Mark{r.Last.mark(r.Last.Time)}
+		marks = []Mark{r.Last.Mark(r.Last.Time)}
 	}
-	if prev, ok := repeatOf(marks, m); ok {
+	if prev, ok := RepeatOf(marks, m); ok {
 		from := at
 		if prev.RequestUID == m.RequestUID {
 			// The same admission: its deadlines count from its first call,

@@ -59,12 +59,12 @@ func ApplyTrial(existing *Trial, podUID types.UID, e Entry, ttl time.Duration) (
 	at := e.Time
 	e = Bound(e)
 	e.Time = e.Time.UTC().Truncate(time.Second)
-	m := e.mark(at)
+	m := e.Mark(at)
 	if existing == nil || existing.PodUID != podUID {
 		return Trial{PodUID: podUID, Entries: 1, Last: e, WouldEvictAt: Deadline(time.Time{}, at, ttl), Recent: []Mark{m}}, OutcomeFirst
 	}
 	t := *existing
-	if prev, ok := repeatOf(t.Recent, m); ok {
+	if prev, ok := RepeatOf(t.Recent, m); ok {
 		from := at
 		if prev.RequestUID == m.RequestUID {
 			from = prev.Time
