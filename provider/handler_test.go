@@ -259,7 +259,7 @@ func TestHandlerRecords(t *testing.T) {
 			setup:       conflicts(1000),
 			keys:        []string{keyFor(t, alice)},
 			want:        []item{{err: "writing record on pod team-a/web-0"}},
-			wantPatches: 5, wantGets: 6,
+			wantPatches: 5, wantGets: 5,
 		},
 		{
 			name:        "forbidden patch",
