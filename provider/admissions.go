@@ -109,10 +109,16 @@ func (a *admissions) record(ctx context.Context, r *Recorder, req Request) (Resu
 	adm := a.get(req)
 	ctx, cancel := context.WithDeadline(ctx, adm.budget)
 	defer cancel()
+	// Take the turn if it is free, even when the admission's time is up: what
+	// an earlier call did may be enough to answer.
 	select {
 	case <-adm.turn:
-	case <-ctx.Done():
-		return Result{}, fmt.Errorf("recording on pod %s/%s: timed out waiting for this admission's earlier call to the provider: %w", req.Namespace, req.Name, ctx.Err())
+	default:
+		select {
+		case <-adm.turn:
+		case <-ctx.Done():
+			return Result{}, fmt.Errorf("recording on pod %s/%s: timed out waiting for this admission's earlier call to the provider: %w", req.Namespace, req.Name, ctx.Err())
+		}
 	}
 	defer func() { adm.turn <- struct{}{} }()
 	switch {
