@@ -39,12 +39,15 @@ const MaxUIDBytes = 128
 // checks that they agree. Lengths count characters (code points), as Rego's
 // substring does.
 const (
-	// MaxUserChars bounds the username and the container name.
+	// MaxUserChars bounds the username.
 	MaxUserChars = 256
-	// MaxGroups bounds the number of groups, each at most MaxUserChars.
+	// MaxContainerChars bounds the container name.
+	MaxContainerChars = 256
+	// MaxGroups bounds the number of groups.
 	MaxGroups = 32
-	// MaxCommandArgs bounds the number of command arguments, each at most
-	// MaxArgChars.
+	// MaxGroupChars bounds one group.
+	MaxGroupChars = 256
+	// MaxCommandArgs bounds the number of command arguments.
 	MaxCommandArgs = 32
 	// MaxArgChars bounds one command argument.
 	MaxArgChars = 1024
