@@ -134,7 +134,7 @@ func (r *Recorder) plan(ctx context.Context, pod *corev1.Pod, req Request, entry
 		w.patch = metadataPatch(pod, nil, w.annotations)
 		w.notice = announcement{pod: pod, entry: t.Last, eventUID: t.Last.RequestUID, deadline: t.WouldEvictAt, trial: true}
 		if changed == record.OutcomeEarlier {
-			w.notice.entry, w.notice.eventUID, w.notice.update = record.Bound(entry), repeatedUID(existing.Recent, entry, at(entry)), true
+			w.notice = earlierNotice(w.notice, existing.Recent, entry)
 		}
 		return w
 	}
@@ -167,20 +167,21 @@ func (r *Recorder) plan(ctx context.Context, pod *corev1.Pod, req Request, entry
 		if len(marks) == 0 {
 			marks = []record.Mark{existing.Last.Mark(existing.Last.Time)}
 		}
-		w.notice.entry, w.notice.eventUID, w.notice.update = record.Bound(entry), repeatedUID(marks, entry, at(entry)), true
+		w.notice = earlierNotice(w.notice, marks, entry)
 	}
 	return w
 }
 
-func at(e record.Entry) time.Time { return e.Time }
-
-// repeatedUID is the request UID of the entry that e repeats: its Event is
-// the one to update.
-func repeatedUID(marks []record.Mark, e record.Entry, t time.Time) string {
-	if m, ok := record.RepeatOf(marks, record.Bound(e).Mark(t)); ok {
-		return m.RequestUID
+// earlierNotice turns n into the update of the Event of the entry that e
+// repeats, among marks: a repeat that moved the deadline earlier has no Event
+// of its own.
+func earlierNotice(n announcement, marks []record.Mark, e record.Entry) announcement {
+	bounded := record.Bound(e)
+	n.entry, n.eventUID, n.update = bounded, e.RequestUID, true
+	if m, ok := record.RepeatOf(marks, bounded.Mark(e.Time)); ok {
+		n.eventUID = m.RequestUID
 	}
-	return e.RequestUID
+	return n
 }
 
 // outcome is the outcome to answer for req: trial for every trial entry.
