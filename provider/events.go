@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -20,6 +21,10 @@ import (
 // ReasonEntered is the reason of the Event exec-reaper emits on a pod that
 // someone entered.
 const ReasonEntered = "ExecReaperEntered"
+
+// ReasonTrialEntry is the reason of the Event for an entry recorded by a
+// constraint in trial mode: no consequence.
+const ReasonTrialEntry = "ExecReaperTrialEntry"
 
 // Component names exec-reaper's provider as the source of its Events.
 const Component = "exec-reaper-provider"
@@ -40,7 +45,16 @@ type EventSink struct {
 // (a hash, a message) is left to the writer, off the admission path.
 type announcement struct {
 	pod *corev1.Pod
-	rec record.Record
+	// entry is what the Event describes; eventUID, the request UID its name
+	// is derived from (the entry's, or that of the entry it repeats).
+	entry    record.Entry
+	eventUID string
+	// deadline is when the pod will be (for a trial, would be) evicted.
+	deadline time.Time
+	trial    bool
+	// update is set when the entry's Event may exist already, with a later
+	// deadline: a repeat moved the deadline earlier.
+	update bool
 }
 
 // NewEventSink returns a sink that holds at most size pending Events.
@@ -48,13 +62,23 @@ func NewEventSink(client kubernetes.Interface, size int) *EventSink {
 	return &EventSink{client: client, queue: make(chan announcement, size)}
 }
 
-// Announce queues the Event for a new entry. A nil sink does nothing.
+// Announce queues the Event for rec's last entry, if outcome says it is new.
+// A nil sink does nothing.
 func (s *EventSink) Announce(pod *corev1.Pod, rec record.Record, outcome record.Outcome) {
-	if s == nil || outcome == record.OutcomeRepeat {
+	if outcome != record.OutcomeFirst && outcome != record.OutcomeAdded {
+		return
+	}
+	s.announce(announcement{pod: pod, entry: rec.Last, eventUID: rec.Last.RequestUID, deadline: rec.Deadline})
+}
+
+// announce queues a, never waiting. A nil sink or an empty announcement does
+// nothing.
+func (s *EventSink) announce(a announcement) {
+	if s == nil || a.pod == nil {
 		return
 	}
 	select {
-	case s.queue <- announcement{pod, rec}:
+	case s.queue <- a:
 	default:
 		eventsTotal.WithLabelValues("dropped").Inc()
 	}
@@ -66,12 +90,12 @@ func (s *EventSink) Run(ctx context.Context) {
 	for {
 		select {
 		case a := <-s.queue:
-			s.write(ctx, enteredEvent(a.pod, a.rec))
+			s.write(ctx, a)
 		case <-ctx.Done():
 			for {
 				select {
 				case a := <-s.queue:
-					s.write(context.WithoutCancel(ctx), enteredEvent(a.pod, a.rec))
+					s.write(context.WithoutCancel(ctx), a)
 				default:
 					return
 				}
@@ -80,10 +104,20 @@ func (s *EventSink) Run(ctx context.Context) {
 	}
 }
 
-func (s *EventSink) write(ctx context.Context, ev *corev1.Event) {
+func (s *EventSink) write(ctx context.Context, a announcement) {
 	ctx, cancel := context.WithTimeout(ctx, eventTimeout)
 	defer cancel()
-	_, err := s.client.CoreV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{})
+	ev := buildEvent(a)
+	events := s.client.CoreV1().Events(ev.Namespace)
+	_, err := events.Create(ctx, ev, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) && a.update {
+		// A repeat moved the deadline earlier: the entry's Event says so.
+		err = s.update(ctx, ev)
+		if err == nil {
+			eventsTotal.WithLabelValues("updated").Inc()
+			return
+		}
+	}
 	switch {
 	case err == nil:
 		eventsTotal.WithLabelValues("created").Inc()
@@ -92,16 +126,39 @@ func (s *EventSink) write(ctx context.Context, ev *corev1.Event) {
 		eventsTotal.WithLabelValues("duplicate").Inc()
 	default:
 		eventsTotal.WithLabelValues("failed").Inc()
-		klog.FromContext(ctx).Error(err, "Creating event", "pod", klog.KRef(ev.Namespace, ev.InvolvedObject.Name))
+		klog.FromContext(ctx).Error(err, "Writing event", "pod", klog.KRef(ev.Namespace, ev.InvolvedObject.Name), "reason", ev.Reason)
 	}
 }
 
-// enteredEvent builds the Event for rec's last entry. Its name is derived from
-// the pod's UID and the entry's request UID, so announcing the same entry
-// twice creates one Event.
-func enteredEvent(pod *corev1.Pod, rec record.Record) *corev1.Event {
-	e := rec.Last
-	sum := sha256.Sum256([]byte(string(pod.UID) + "/" + e.RequestUID))
+// update rewrites the message of the existing Event named as ev.
+func (s *EventSink) update(ctx context.Context, ev *corev1.Event) error {
+	events := s.client.CoreV1().Events(ev.Namespace)
+	old, err := events.Get(ctx, ev.Name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if old.Message == ev.Message {
+		return nil
+	}
+	old.Message = ev.Message
+	_, err = events.Update(ctx, old, metav1.UpdateOptions{})
+	return err
+}
+
+// maxMessageBytes bounds an Event's message; what a requester controls in it
+// is cut well before.
+const maxMessageBytes = 1024
+
+// buildEvent builds the Event for a. Its name is derived from the pod's UID
+// and the request UID, so announcing the same entry twice creates one Event;
+// a trial entry's Event has a name of its own.
+func buildEvent(a announcement) *corev1.Event {
+	pod, e := a.pod, a.entry
+	seed, infix, reason, typ := string(pod.UID)+"/"+a.eventUID, ".exec-reaper.", ReasonEntered, corev1.EventTypeWarning
+	if a.trial {
+		seed, infix, reason, typ = string(pod.UID)+"/trial/"+a.eventUID, ".exec-reaper-trial.", ReasonTrialEntry, corev1.EventTypeNormal
+	}
+	sum := sha256.Sum256([]byte(seed))
 	name := pod.Name
 	if len(name) > 200 {
 		// Cut, the name must still end in an alphanumeric to stay valid.
@@ -109,17 +166,20 @@ func enteredEvent(pod *corev1.Pod, rec record.Record) *corev1.Event {
 	}
 	what := string(e.Operation)
 	if e.Container != "" {
-		what += " into container " + e.Container
+		what += " into container " + truncate(e.Container, 64)
 	}
 	if len(e.Command) > 0 {
 		what += fmt.Sprintf(" (command: %s)", truncate(strings.Join(e.Command, " "), 200))
 	}
-	msg := fmt.Sprintf("%s entered this pod by %s at %s; exec-reaper will evict it at %s",
-		e.User, what, e.Time.UTC().Format(time.RFC3339), rec.Deadline.UTC().Format(time.RFC3339))
+	who, when, deadline := truncate(e.User, 256), e.Time.UTC().Format(time.RFC3339), a.deadline.UTC().Format(time.RFC3339)
+	msg := fmt.Sprintf("%s entered this pod by %s at %s; exec-reaper will evict it at %s", who, what, when, deadline)
+	if a.trial {
+		msg = fmt.Sprintf("%s entered this pod by %s at %s; it would be evicted at %s; this constraint is in trial mode, nothing will happen", who, what, when, deadline)
+	}
 	now := metav1.NewTime(e.Time)
 	return &corev1.Event{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:      name + ".exec-reaper." + hex.EncodeToString(sum[:8]),
+			Name:      name + infix + hex.EncodeToString(sum[:8]),
 			Namespace: pod.Namespace,
 		},
 		InvolvedObject: corev1.ObjectReference{
@@ -130,9 +190,9 @@ func enteredEvent(pod *corev1.Pod, rec record.Record) *corev1.Event {
 			UID:             pod.UID,
 			ResourceVersion: pod.ResourceVersion,
 		},
-		Reason:              ReasonEntered,
-		Message:             msg,
-		Type:                corev1.EventTypeWarning,
+		Reason:              reason,
+		Message:             truncate(msg, maxMessageBytes),
+		Type:                typ,
 		Source:              corev1.EventSource{Component: Component},
 		ReportingController: "exec-reaper.io/provider",
 		ReportingInstance:   Component,
@@ -143,9 +203,14 @@ func enteredEvent(pod *corev1.Pod, rec record.Record) *corev1.Event {
 	}
 }
 
+// truncate cuts s to at most n bytes, on a character boundary, marking the cut.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n] + "…"
+	cut := n - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

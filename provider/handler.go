@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"strings"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -23,7 +24,8 @@ const (
 	kindResponse = "ProviderResponse"
 )
 
-// ProviderRequest is what Gatekeeper sends.
+// ProviderRequest is what Gatekeeper sends. It is decoded tolerantly (fields
+// a future Gatekeeper adds are ignored); each key is decoded strictly.
 type ProviderRequest struct {
 	APIVersion string `json:"apiVersion"`
 	Kind       string `json:"kind"`
@@ -54,8 +56,9 @@ type Item struct {
 }
 
 const (
-	// MaxBodyBytes caps a request body. Gatekeeper sends one key per exec.
-	MaxBodyBytes = 1 << 20
+	// MaxBodyBytes caps a request body. Gatekeeper sends one key per call;
+	// a v1 key may take up to MaxKeyBytes, JSON-escaped once more here.
+	MaxBodyBytes = 4 << 20
 	// MaxKeys caps the keys in one request.
 	MaxKeys = 100
 )
@@ -65,13 +68,16 @@ const (
 type Handler struct {
 	recorder *Recorder
 	// timeout bounds the work for one request, below Gatekeeper's own
-	// provider timeout so that an answer, even an error, arrives in time.
-	timeout time.Duration
+	// provider timeout so that an answer, even an error, arrives in time. It
+	// also bounds the work for one admission across all its calls (see
+	// admissions).
+	timeout    time.Duration
+	admissions *admissions
 }
 
 // NewHandler returns a Handler that records through r, giving up after timeout.
 func NewHandler(r *Recorder, timeout time.Duration) *Handler {
-	return &Handler{recorder: r, timeout: timeout}
+	return &Handler{recorder: r, timeout: timeout, admissions: newAdmissions(r.clock, timeout)}
 }
 
 // ServeHTTP answers one ProviderRequest. Every answer is a well-formed
@@ -122,28 +128,59 @@ func (h *Handler) record(ctx context.Context, key string) Item {
 	req, err := Decode(key)
 	if err != nil {
 		recordsTotal.WithLabelValues("invalid").Inc()
-		log.Info("Rejected key", "err", err)
+		p := peek(key)
+		log.Info("Rejected key", "pod", klog.KRef(p.Namespace, p.Name), "operation", p.Operation, "uid", p.UID,
+			"ttl", p.TTL, "trial", p.Trial, "configurationError", isConfigError(err), "err", err)
 		return Item{Key: key, Error: err.Error()}
 	}
 	start := time.Now()
-	res, err := h.recorder.Record(ctx, req)
+	res, err := h.admissions.record(ctx, h.recorder, req)
 	recordDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		recordsTotal.WithLabelValues("error").Inc()
-		log.Error(err, "Recording entry", "pod", klog.KRef(req.Namespace, req.Name), "operation", req.Operation)
+		log.Error(err, "Recording entry", "pod", klog.KRef(req.Namespace, req.Name), "operation", req.Operation, "uid", req.UID, "trial", req.Trial)
 		return Item{Key: key, Error: err.Error()}
 	}
 	recordsTotal.WithLabelValues(string(res.Outcome)).Inc()
 	log.V(1).Info("Recorded entry", "pod", klog.KRef(req.Namespace, req.Name), "operation", req.Operation,
-		"user", req.User, "outcome", res.Outcome, "deadline", res.Deadline)
+		"user", req.User, "uid", req.UID, "outcome", res.Outcome, "deadline", res.Deadline)
 	return Item{Key: key, Value: &res}
 }
 
-// decodeRequest reads a ProviderRequest strictly.
+func isConfigError(err error) bool {
+	var ce *ConfigError
+	return errors.As(err, &ce)
+}
+
+// peeked is what may be logged of a key that does not decode: where it
+// points and how the constraint is configured, nothing of the requester.
+type peeked struct {
+	UID       string `json:"uid"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Operation string `json:"operation"`
+	TTL       string `json:"ttl"`
+	Trial     bool   `json:"trial"`
+}
+
+// peek reads what it can of those fields, each cut short, ignoring errors.
+func peek(key string) peeked {
+	var p peeked
+	if _, body, ok := strings.Cut(key, ":"); ok {
+		_ = json.Unmarshal([]byte(body), &p) // a best effort: it fills what it can
+	}
+	for _, f := range []*string{&p.UID, &p.Namespace, &p.Name, &p.Operation, &p.TTL} {
+		*f = cutForLog(*f)
+	}
+	return p
+}
+
+// decodeRequest reads a ProviderRequest: fields it does not know are
+// ignored, so that a Gatekeeper that adds one still gets answers; the keys
+// themselves are decoded strictly, each on its own.
 func decodeRequest(body io.Reader) (ProviderRequest, error) {
 	var req ProviderRequest
 	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		return req, fmt.Errorf("request is not a valid ProviderRequest: %w", err)
 	}

@@ -55,7 +55,6 @@ func TestHandlerRejectsRequest(t *testing.T) {
 		{name: "empty body", body: nil, wantStatus: http.StatusBadRequest, wantError: "not a valid ProviderRequest"},
 		{name: "malformed JSON", body: []byte(`{"apiVersion":`), wantStatus: http.StatusBadRequest, wantError: "not a valid ProviderRequest"},
 		{name: "JSON array", body: []byte(`[]`), wantStatus: http.StatusBadRequest, wantError: "not a valid ProviderRequest"},
-		{name: "unknown field", body: []byte(`{"apiVersion":"externaldata.gatekeeper.sh/v1beta1","kind":"ProviderRequest","request":{"keys":["k"]},"extra":1}`), wantStatus: http.StatusBadRequest, wantError: `unknown field "extra"`},
 		{name: "data after the object", body: append(providerRequest(t, valid), []byte(`{}`)...), wantStatus: http.StatusBadRequest, wantError: "data after its JSON object"},
 		{name: "null", body: []byte(`null`), wantStatus: http.StatusBadRequest, wantError: "apiVersion"},
 		{name: "wrong apiVersion", body: []byte(`{"apiVersion":"externaldata.gatekeeper.sh/v1alpha1","kind":"ProviderRequest","request":{"keys":["k"]}}`), wantStatus: http.StatusBadRequest, wantError: `apiVersion "externaldata.gatekeeper.sh/v1alpha1" not supported`},
@@ -295,8 +294,8 @@ func TestHandlerRecords(t *testing.T) {
 		{
 			name:        "bad key version",
 			pod:         newPod(nil),
-			keys:        []string{"v2:" + keyFor(t, alice)[3:]},
-			want:        []item{{err: `unsupported key version "v2"`}},
+			keys:        []string{"v3:" + keyFor(t, alice)[3:]},
+			want:        []item{{err: `unsupported key version "v3"`}},
 			wantPatches: 0, wantGets: 0,
 		},
 		{
@@ -466,8 +465,11 @@ func equalMaps(a, b map[string]string) bool {
 
 // TestHandlerRepeat replays a kubectl exec that reaches admission twice (a
 // WebSocket attempt, then the SPDY fallback, each with its own request UID):
-// the second is a repeat and writes nothing. A later or different entry is
-// added.
+// the second is a repeat and writes nothing, unless it asks for an earlier
+// deadline. A different entry, or the same one again later than
+// RepeatWindow, is added. Calls for the same admission (one per matching
+// constraint) are repeats that still move the deadline earlier, and need no
+// API call when they do not.
 func TestHandlerRepeat(t *testing.T) {
 	e := newEnv(t, newPod(nil))
 	c := e.gatekeeper(t)
@@ -477,24 +479,34 @@ func TestHandlerRepeat(t *testing.T) {
 		req         provider.Request
 		want        item
 		wantPatches int // in total so far
+		wantGets    int // in total so far; 0: not checked
 		wantEntries int
 		wantLastUID string
 	}{
 		{name: "first", req: execBy("alice", "req-ws", "1h"),
 			want: item{outcome: record.OutcomeFirst, deadline: t0.Add(time.Hour)}, wantPatches: 1, wantEntries: 1, wantLastUID: "req-ws"},
-		{name: "SPDY fallback", advance: 2 * time.Second, req: execBy("alice", "req-spdy", "1h"),
+		{name: "SPDY fallback", advance: 500 * time.Millisecond, req: execBy("alice", "req-spdy", "1h"),
 			want: item{outcome: record.OutcomeRepeat, deadline: t0.Add(time.Hour)}, wantPatches: 1, wantEntries: 1, wantLastUID: "req-ws"},
 		{name: "same request again", req: execBy("alice", "req-spdy", "1h"),
 			want: item{outcome: record.OutcomeRepeat, deadline: t0.Add(time.Hour)}, wantPatches: 1, wantEntries: 1, wantLastUID: "req-ws"},
-		{name: "repeat with a shorter ttl still changes nothing", req: execBy("alice", "req-x", "1m"),
-			want: item{outcome: record.OutcomeRepeat, deadline: t0.Add(time.Hour)}, wantPatches: 1, wantEntries: 1, wantLastUID: "req-ws"},
+		{name: "repeat with a shorter ttl moves the deadline earlier", req: execBy("alice", "req-x", "1m"),
+			want: item{outcome: record.OutcomeEarlier, deadline: t0.Add(61 * time.Second)}, wantPatches: 2, wantEntries: 1, wantLastUID: "req-ws"},
 		{name: "different command within the window", advance: time.Second, req: func() provider.Request {
 			r := execBy("alice", "req-2", "1h")
 			r.Command = []string{"cat", "/etc/passwd"}
 			return r
-		}(), want: item{outcome: record.OutcomeAdded, deadline: t0.Add(time.Hour)}, wantPatches: 2, wantEntries: 2, wantLastUID: "req-2"},
-		{name: "first command again, outside the window of the last", advance: record.RepeatWindow + time.Second, req: execBy("alice", "req-3", "10m"),
-			want: item{outcome: record.OutcomeAdded, deadline: t0.Add(34*time.Second + 10*time.Minute)}, wantPatches: 3, wantEntries: 3, wantLastUID: "req-3"},
+		}(), want: item{outcome: record.OutcomeAdded, deadline: t0.Add(61 * time.Second)}, wantPatches: 3, wantEntries: 2, wantLastUID: "req-2"},
+		// The first command is compared with every recent entry, not only
+		// the last (cat), and it is more than RepeatWindow after it.
+		{name: "first command again, on purpose", advance: record.RepeatWindow + time.Second, req: execBy("alice", "req-3", "30s"),
+			want: item{outcome: record.OutcomeAdded, deadline: t0.Add(35 * time.Second)}, wantPatches: 4, wantEntries: 3, wantLastUID: "req-3"},
+		// Two more constraints match req-3: one with a shorter ttl, which
+		// moves the deadline, then one with a longer ttl, answered from
+		// memory without a call to the API server (wantGets).
+		{name: "the same admission, a shorter ttl", req: execBy("alice", "req-3", "10s"),
+			want: item{outcome: record.OutcomeEarlier, deadline: t0.Add(15 * time.Second)}, wantPatches: 5, wantGets: 6, wantEntries: 3, wantLastUID: "req-3"},
+		{name: "the same admission, a longer ttl", req: execBy("alice", "req-3", "1h"),
+			want: item{outcome: record.OutcomeRepeat, deadline: t0.Add(15 * time.Second)}, wantPatches: 5, wantGets: 6, wantEntries: 3, wantLastUID: "req-3"},
 	}
 	for _, s := range steps {
 		t.Run(s.name, func(t *testing.T) {
@@ -504,6 +516,9 @@ func TestHandlerRepeat(t *testing.T) {
 			checkItems(t, pr, []string{key}, []item{s.want})
 			if n := len(patchActions(e.cs)); n != s.wantPatches {
 				t.Errorf("%d patch actions in total, want %d", n, s.wantPatches)
+			}
+			if n := countActions(e.cs, "get", "pods"); s.wantGets != 0 && n != s.wantGets {
+				t.Errorf("%d get actions in total, want %d", n, s.wantGets)
 			}
 			rec, err := record.Read(getPod(t, e.cs).Labels, getPod(t, e.cs).Annotations)
 			if err != nil {

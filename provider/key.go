@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,13 +15,43 @@ import (
 	"github.com/exec-reaper/exec-reaper/record"
 )
 
-// KeyVersion is the prefix of every key the templates build. A provider
-// rejects keys of a version it does not know, so an old provider never
-// misreads a newer template.
-const KeyVersion = "v1:"
+// KeyVersion is the prefix of the keys the templates build today (contract
+// v2, see KeyVersionV1 for the one before). A provider rejects keys of a
+// version it does not know, so an old provider never misreads a newer
+// template.
+const KeyVersion = "v2:"
 
-// MaxKeyBytes bounds one key. Commands can be long, but not this long.
-const MaxKeyBytes = 16 << 10
+// KeyVersionV1 is the prefix of the keys of older templates, still accepted:
+// no trial mode, nothing shortened by the template.
+const KeyVersionV1 = "v1:"
+
+// MaxKeyBytes bounds one key. A v2 key stays far below it whatever the
+// requester sends, since the template shortens long values; a v1 key (older
+// template) may carry a long command whole, and the provider bounds what it
+// stores (record.Bound) either way.
+const MaxKeyBytes = 1 << 20
+
+// MaxUIDBytes bounds the request UID: the API server makes it, a UUID.
+const MaxUIDBytes = 128
+
+// The bounds the template applies to what a requester controls (KEY-V2): the
+// same numbers are in templates/exec-reaper/template.yaml, and a test there
+// checks that they agree. Lengths count characters (code points), as Rego's
+// substring does.
+const (
+	// MaxUserChars bounds the username.
+	MaxUserChars = 256
+	// MaxContainerChars bounds the container name.
+	MaxContainerChars = 256
+	// MaxGroups bounds the number of groups.
+	MaxGroups = 32
+	// MaxGroupChars bounds one group.
+	MaxGroupChars = 256
+	// MaxCommandArgs bounds the number of command arguments.
+	MaxCommandArgs = 32
+	// MaxArgChars bounds one command argument.
+	MaxArgChars = 1024
+)
 
 // MaxTTL bounds the ttl a constraint may ask for; a typo such as "5000h"
 // would otherwise keep a tampered pod around for half a year.
@@ -45,36 +76,50 @@ type Request struct {
 	Container string `json:"container"`
 	// Command is the exec command or the debug container's command.
 	Command []string `json:"command"`
+	// Trial is set by a constraint in trial mode: the entry is recorded
+	// without consequence (v2).
+	Trial bool `json:"trial"`
+	// Truncated names the fields the template shortened, sorted (v2).
+	Truncated []string `json:"truncated"`
+	// Digests holds, for each field in Truncated, the lowercase hex SHA-256
+	// of the JSON of its whole original value (v2).
+	Digests map[string]string `json:"digests"`
 
 	ttl time.Duration
 }
 
-// Decode parses a key built by the templates: "v1:" followed by a JSON
-// object. It is strict: unknown fields, trailing data, missing fields and
-// invalid names are errors, each message naming the problem.
+// v2Only are the fields a v1 key does not have.
+var v2Only = map[string]bool{"trial": true, "truncated": true, "digests": true}
+
+// Decode parses a key built by the templates: "v2:" (or "v1:") followed by a
+// JSON object. It is strict: unknown fields, fields in another case or given
+// twice, trailing data, missing fields (in v2, every field) and invalid values
+// are errors, each message naming the problem. A bad ttl is reported as the
+// configuration error of the constraint that it is.
 func Decode(key string) (Request, error) {
-	if strings.HasPrefix(key, interimKeyVersion2) {
-		return decodeV2Interim(key) // INTERIM: see key_v2_interim.go
-	}
 	var r Request
 	if len(key) > MaxKeyBytes {
 		return r, fmt.Errorf("key is %d bytes, more than the %d allowed", len(key), MaxKeyBytes)
 	}
-	body, ok := strings.CutPrefix(key, KeyVersion)
-	if !ok {
-		v, _, _ := strings.Cut(key, ":")
+	version, body, ok := strings.Cut(key, ":")
+	if !ok || (version+":" != KeyVersion && version+":" != KeyVersionV1) {
+		v := version
+		if !ok {
+			v = ""
+		}
 		if len(v) > 10 {
 			v = v[:10] + "…"
 		}
-		return r, fmt.Errorf("unsupported key version %q (this provider reads %q)", v, KeyVersion)
+		return r, fmt.Errorf("unsupported key version %q: this provider reads %q and %q; a newer template needs a newer provider, upgrade exec-reaper's provider", v, strings.TrimSuffix(KeyVersion, ":"), strings.TrimSuffix(KeyVersionV1, ":"))
 	}
-	if err := checkFields(body); err != nil {
+	v2 := version+":" == KeyVersion
+	if err := checkFields(version, body, v2); err != nil {
 		return r, err
 	}
 	// checkFields has already rejected unknown fields.
 	dec := json.NewDecoder(strings.NewReader(body))
 	if err := dec.Decode(&r); err != nil {
-		return Request{}, fmt.Errorf("key is not valid %s JSON: %w", strings.TrimSuffix(KeyVersion, ":"), err)
+		return Request{}, fmt.Errorf("key is not valid %s JSON: %w", version, err)
 	}
 	if dec.More() || !onlySpace(body[dec.InputOffset():]) {
 		return Request{}, errors.New("key has data after its JSON object")
@@ -85,8 +130,8 @@ func Decode(key string) (Request, error) {
 	return r, nil
 }
 
-// v1Fields are the exact field names of a v1 key: Request's JSON names.
-var v1Fields = func() map[string]bool {
+// keyFields are the exact field names of a v2 key: Request's JSON names.
+var keyFieldNames = func() map[string]bool {
 	fields := map[string]bool{}
 	t := reflect.TypeFor[Request]()
 	for i := range t.NumField() {
@@ -99,21 +144,22 @@ var v1Fields = func() map[string]bool {
 
 // checkFields rejects what encoding/json lets through: field names in
 // another case ("UID") and fields given twice, either of which could make
-// one reader of a key see something other than another.
-func checkFields(body string) error {
+// one reader of a key see something other than another; and, in v2, a field
+// left out.
+func checkFields(version, body string, v2 bool) error {
 	dec := json.NewDecoder(strings.NewReader(body))
 	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return errors.New("key is not valid v1 JSON: want an object")
+		return fmt.Errorf("key is not valid %s JSON: want an object", version)
 	}
 	seen := map[string]bool{}
 	for dec.More() {
 		t, err := dec.Token()
 		if err != nil {
-			return fmt.Errorf("key is not valid v1 JSON: %w", err)
+			return fmt.Errorf("key is not valid %s JSON: %w", version, err)
 		}
 		name, _ := t.(string)
-		if !v1Fields[name] {
-			return fmt.Errorf("key has unknown field %q", name)
+		if !keyFieldNames[name] || !v2 && v2Only[name] {
+			return fmt.Errorf("key has unknown field %q", cutForLog(name))
 		}
 		if seen[name] {
 			return fmt.Errorf("key has field %q twice", name)
@@ -121,10 +167,33 @@ func checkFields(body string) error {
 		seen[name] = true
 		var skip json.RawMessage
 		if err := dec.Decode(&skip); err != nil {
-			return fmt.Errorf("key is not valid v1 JSON: %w", err)
+			return fmt.Errorf("key is not valid %s JSON: %w", version, err)
+		}
+	}
+	if t, err := dec.Token(); err != nil || t != json.Delim('}') {
+		return fmt.Errorf("key is not valid %s JSON: the object does not end", version)
+	}
+	if v2 {
+		var missing []string
+		for name := range keyFieldNames {
+			if !seen[name] {
+				missing = append(missing, name)
+			}
+		}
+		if len(missing) > 0 {
+			slices.Sort(missing)
+			return fmt.Errorf("key has no field %s (a v2 key has every field; is the template current?)", strings.Join(missing, ", "))
 		}
 	}
 	return nil
+}
+
+// cutForLog shortens a requester-influenced string quoted in an error.
+func cutForLog(s string) string {
+	if len(s) > 64 {
+		return strings.ToValidUTF8(s[:64], "") + "…"
+	}
+	return s
 }
 
 func onlySpace(s string) bool { return len(bytes.TrimSpace([]byte(s))) == 0 }
@@ -133,26 +202,75 @@ func (r *Request) validate() error {
 	switch {
 	case r.UID == "":
 		return errors.New("key has no uid")
+	case len(r.UID) > MaxUIDBytes:
+		return fmt.Errorf("key has a uid of %d bytes, more than the %d allowed", len(r.UID), MaxUIDBytes)
 	case r.User == "":
 		return errors.New("key has no user")
 	case !r.Operation.Valid():
-		return fmt.Errorf("key has unknown operation %q", r.Operation)
+		return fmt.Errorf("key has unknown operation %q", cutForLog(string(r.Operation)))
 	}
 	if errs := validation.IsDNS1123Label(r.Namespace); len(errs) > 0 {
-		return fmt.Errorf("key has invalid namespace %q: %s", r.Namespace, strings.Join(errs, "; "))
+		return fmt.Errorf("key has invalid namespace %q: %s", cutForLog(r.Namespace), strings.Join(errs, "; "))
 	}
 	if errs := validation.IsDNS1123Subdomain(r.Name); len(errs) > 0 {
-		return fmt.Errorf("key has invalid pod name %q: %s", r.Name, strings.Join(errs, "; "))
+		return fmt.Errorf("key has invalid pod name %q: %s", cutForLog(r.Name), strings.Join(errs, "; "))
+	}
+	if err := r.validateTruncated(); err != nil {
+		return err
 	}
 	ttl, err := time.ParseDuration(r.TTL)
 	if err != nil {
-		return fmt.Errorf("key has invalid ttl %q: %w", r.TTL, err)
+		return &ConfigError{fmt.Sprintf("the constraint's ttl %q is not a Go duration such as 30m or 1h", cutForLog(r.TTL))}
 	}
 	if ttl <= 0 || ttl > MaxTTL {
-		return fmt.Errorf("key has ttl %s outside (0, %s]", ttl, MaxTTL)
+		return &ConfigError{fmt.Sprintf("the constraint's ttl %s is outside (0, %s]", ttl, MaxTTL)}
 	}
 	r.ttl = ttl
 	return nil
+}
+
+// ConfigError is a key refused because of how the constraint is configured,
+// not because of anything transient: retrying will not help, fixing the
+// constraint will.
+type ConfigError struct{ problem string }
+
+func (e *ConfigError) Error() string {
+	return "configuration error: " + e.problem + "; fix the constraint's parameters"
+}
+
+// validateTruncated checks the template's account of what it shortened: known
+// field names, sorted, each once, each with a digest and no digest besides.
+func (r *Request) validateTruncated() error {
+	known := map[string]bool{record.FieldCommand: true, record.FieldContainer: true, record.FieldGroups: true, record.FieldUser: true}
+	for i, f := range r.Truncated {
+		switch {
+		case !known[f]:
+			return fmt.Errorf("key has unknown truncated field %q", cutForLog(f))
+		case i > 0 && r.Truncated[i-1] >= f:
+			return fmt.Errorf("key's truncated fields %q are not sorted and distinct", r.Truncated)
+		case !isDigest(r.Digests[f]):
+			return fmt.Errorf("key has truncated field %q without a digest (64 lowercase hex digits)", f)
+		}
+	}
+	if len(r.Digests) != len(r.Truncated) {
+		return fmt.Errorf("key has %d digests for %d truncated fields", len(r.Digests), len(r.Truncated))
+	}
+	if len(r.Truncated) == 0 {
+		r.Truncated, r.Digests = nil, nil // as a v1 key, whatever the JSON said
+	}
+	return nil
+}
+
+func isDigest(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // Entry returns the record entry for this request, made at now.
@@ -165,5 +283,7 @@ func (r Request) Entry(now time.Time) record.Entry {
 		Container:  r.Container,
 		Command:    r.Command,
 		RequestUID: r.UID,
+		Truncated:  r.Truncated,
+		Digests:    r.Digests,
 	}
 }

@@ -15,11 +15,11 @@ var (
 	})
 	recordsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "exec_reaper_provider_records_total",
-		Help: "Keys handled, by outcome: first, added, repeat, invalid, error.",
+		Help: "Keys handled, by outcome: first, added, repeat, earlier, trial, invalid, error.",
 	}, []string{"outcome"})
 	eventsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "exec_reaper_provider_events_total",
-		Help: "Events about entries, by result: created, duplicate, failed, dropped (queue full).",
+		Help: "Events about entries, by result: created, updated, duplicate, failed, dropped (queue full).",
 	}, []string{"result"})
 	certReloadsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "exec_reaper_provider_cert_reloads_total",

@@ -13,13 +13,43 @@
 //	  exec-reaper.io/entries: "2"                        # distinct entries so far
 //	  exec-reaper.io/first-entry: '{"user":"alice@example.com",…}'
 //	  exec-reaper.io/last-entry: '{"user":"bob",…}'
+//	  exec-reaper.io/recent: '[{"uid":"…","sum":"…","time":"…"},…]'   # the last few entries' fingerprints
+//	  exec-reaper.io/trial: '{"entries":1,"last":{…},"wouldEvictAt":"…",…}'  # entries of constraints in trial mode
 //
 // Usernames, groups and commands can hold any character, so they live only in
 // annotations. The label is authoritative for the deleter; the annotations
 // explain it.
+//
+// What is stored is bounded whatever a requester sends: the JSON of one
+// stored entry is at most MaxEntryBytes (Bound shortens the command, then the
+// groups, then the user and container, and says so in the entry's Truncated
+// and Digests), so the whole record stays under MaxRecordBytes, far below the
+// 256 KiB Kubernetes allows for all of a pod's annotations together.
+//
+// # Repeats
+//
+// One act must yield one entry and one Event, and two acts two. An entry is a
+// repeat, and adds nothing, when
+//   - it carries the request UID of an entry already recorded: the same
+//     admission, reaching the provider once per matching constraint; or
+//   - it is identical (user, operation, container, command) to one of the
+//     last MaxRecent entries and at most RepeatWindow apart from it: the same
+//     kubectl invocation reaching admission twice, which happens when its
+//     WebSocket connection fails after admission and it falls back to SPDY,
+//     within moments, under a new request UID.
+//
+// Against a working kubelet one kubectl exec is one admission. The window is
+// short so that a person running the same command again on purpose, which
+// takes longer than RepeatWindow, is recorded again; the list is kept so that
+// someone else's entry in between does not split one invocation in two. A
+// repeat still moves the deadline earlier when it asks for less time (two
+// constraints with different TTLs match the same admission): the deadline is
+// always the earliest any matching constraint asked for.
 package record
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,13 +80,39 @@ const (
 	FirstEntryAnnotation = Prefix + "first-entry"
 	// LastEntryAnnotation is the JSON of the most recent distinct entry.
 	LastEntryAnnotation = Prefix + "last-entry"
+	// RecentAnnotation is the JSON list of the fingerprints of the last
+	// MaxRecent distinct entries, oldest first: what repeats are compared with.
+	RecentAnnotation = Prefix + "recent"
+	// TrialAnnotation is the JSON of the entries recorded for constraints in
+	// trial mode (Trial). It never sets the deadline label.
+	TrialAnnotation = Prefix + "trial"
 )
 
-// RepeatWindow is how close two identical entries must be to count as one.
-// A single `kubectl exec` can reach admission twice (a WebSocket attempt, then
-// the SPDY fallback), each with its own request UID; both must yield one entry
-// and one Event.
-const RepeatWindow = 30 * time.Second
+// RepeatWindow is how close in time two identical entries with different
+// request UIDs must be to count as one: a kubectl exec whose WebSocket
+// connection failed after admission falls back to SPDY within moments, under
+// a new request UID. A person (or a script waiting for each call to end)
+// running the same command again takes longer. See the package doc.
+const RepeatWindow = 2 * time.Second
+
+// MaxRecent is how many recent entries' fingerprints a record keeps.
+const MaxRecent = 8
+
+// MaxEntryBytes bounds the JSON of one stored entry (see Bound).
+const MaxEntryBytes = 4 << 10
+
+// MaxRecordBytes bounds the keys and values of all of exec-reaper's labels
+// and annotations on a pod together: two entries, a trial entry, and the
+// small rest.
+const MaxRecordBytes = 16 << 10
+
+// Field names that Bound (or the template) may shorten, as in Entry.Truncated.
+const (
+	FieldCommand   = "command"
+	FieldContainer = "container"
+	FieldGroups    = "groups"
+	FieldUser      = "user"
+)
 
 // Operation is how someone entered a pod.
 type Operation string
@@ -95,18 +151,71 @@ type Entry struct {
 	Command []string `json:"command,omitempty"`
 	// RequestUID is the AdmissionRequest UID that carried the entry.
 	RequestUID string `json:"requestUID"`
+	// Truncated names the fields that were shortened before they were stored
+	// (by the template, or by Bound), sorted: a subset of command, container,
+	// groups and user.
+	Truncated []string `json:"truncated,omitempty"`
+	// Digests holds, for each field in Truncated, the lowercase hex SHA-256
+	// of the JSON of the whole original value (see Digest), so that the
+	// original can be checked against an audit log.
+	Digests map[string]string `json:"digests,omitempty"`
 }
 
-// sameAs reports whether e and o describe the same act: the same person doing
-// the same thing to the same container, close enough in time to be one kubectl
-// invocation reaching admission more than once.
-func (e Entry) sameAs(o Entry) bool {
-	d := e.Time.Sub(o.Time)
-	if d < 0 {
-		d = -d
+// Mark is the fingerprint of an entry, kept for the last few entries so that
+// repeats are recognised (see the package doc).
+type Mark struct {
+	// RequestUID is the entry's AdmissionRequest UID.
+	RequestUID string `json:"uid"`
+	// Sum identifies the act: user, operation, container, command (and the
+	// digests of any of them that were shortened).
+	Sum string `json:"sum"`
+	// Time is when the entry was recorded, to the millisecond.
+	Time time.Time `json:"time"`
+}
+
+// Mark returns e's fingerprint, as recorded at the given time.
+func (e Entry) Mark(at time.Time) Mark {
+	digests := map[string]string{}
+	for _, f := range []string{FieldUser, FieldContainer, FieldCommand} {
+		if d, ok := e.Digests[f]; ok {
+			digests[f] = d
+		}
 	}
-	return e.User == o.User && e.Operation == o.Operation && e.Container == o.Container &&
-		slices.Equal(e.Command, o.Command) && d <= RepeatWindow
+	b, _ := json.Marshal(struct {
+		User      string            `json:"u"`
+		Operation Operation         `json:"o"`
+		Container string            `json:"c"`
+		Command   []string          `json:"x"`
+		Digests   map[string]string `json:"d"`
+	}{e.User, e.Operation, e.Container, e.Command, digests})
+	sum := sha256.Sum256(b)
+	return Mark{RequestUID: e.RequestUID, Sum: hex.EncodeToString(sum[:8]), Time: at.UTC().Truncate(time.Millisecond)}
+}
+
+// RepeatOf returns the mark that m repeats, if any: the one with the same
+// request UID, or else the latest of the same act within RepeatWindow.
+func RepeatOf(marks []Mark, m Mark) (Mark, bool) {
+	for i := len(marks) - 1; i >= 0; i-- {
+		if marks[i].RequestUID == m.RequestUID {
+			return marks[i], true
+		}
+	}
+	for i := len(marks) - 1; i >= 0; i-- {
+		d := m.Time.Sub(marks[i].Time)
+		if marks[i].Sum == m.Sum && d <= RepeatWindow && d >= -RepeatWindow {
+			return marks[i], true
+		}
+	}
+	return Mark{}, false
+}
+
+// remember appends m to marks, keeping the last MaxRecent, in a new slice.
+func remember(marks []Mark, m Mark) []Mark {
+	out := append(slices.Clone(marks), m)
+	if len(out) > MaxRecent {
+		out = out[len(out)-MaxRecent:]
+	}
+	return out
 }
 
 // Record is the state exec-reaper keeps on a pod.
@@ -121,6 +230,9 @@ type Record struct {
 	First Entry
 	// Last is the most recent distinct entry.
 	Last Entry
+	// Recent holds the fingerprints of the last MaxRecent distinct entries,
+	// oldest first.
+	Recent []Mark
 }
 
 // Outcome says what an entry changed.
@@ -131,9 +243,13 @@ const (
 	OutcomeFirst Outcome = "first"
 	// OutcomeAdded means a further, distinct entry into an already recorded pod.
 	OutcomeAdded Outcome = "added"
-	// OutcomeRepeat means the entry repeats the last one (the same kubectl call
-	// reaching admission again); nothing changes and no Event is due.
+	// OutcomeRepeat means the entry repeats one already recorded (the same
+	// admission or the same kubectl call reaching the provider again); nothing
+	// changes and no Event is due.
 	OutcomeRepeat Outcome = "repeat"
+	// OutcomeEarlier means a repeat that asked for less time: it moved the
+	// deadline earlier, and the entry's Event is updated, not added.
+	OutcomeEarlier Outcome = "earlier"
 )
 
 // ErrNoRecord is returned by Read for a pod that carries no record.
@@ -159,7 +275,19 @@ func Read(labels, annotations map[string]string) (Record, error) {
 	if err := decodeEntry(annotations, LastEntryAnnotation, &r.Last); err != nil {
 		return r, err
 	}
+	r.Recent = readMarks(annotations[RecentAnnotation])
 	return r, nil
+}
+
+// readMarks decodes a list of marks. The list only helps to recognise
+// repeats, so a missing or damaged one (a record written before it existed)
+// reads as empty rather than as an error.
+func readMarks(s string) []Mark {
+	var marks []Mark
+	if s == "" || json.Unmarshal([]byte(s), &marks) != nil || len(marks) == 0 || len(marks) > MaxRecent {
+		return nil
+	}
+	return marks
 }
 
 func decodeEntry(annotations map[string]string, key string, e *Entry) error {
@@ -223,15 +351,33 @@ func Deadline(existing, now time.Time, ttl time.Duration) time.Time {
 // existing is the record read from the pod, or nil if it has none or one that
 // does not decode. A record bound to another UID (labels copied from another
 // pod's manifest, say) is no record: the deleter would never act on it either.
-// Apply is pure: the caller writes the result.
+// The entry is stored bounded (Bound). Apply is pure: the caller writes the
+// result.
 func Apply(existing *Record, podUID types.UID, e Entry, ttl time.Duration) (Record, Outcome) {
 	at := e.Time // the deadline counts from the exact time, the record keeps seconds
+	e = Bound(e)
 	e.Time = e.Time.UTC().Truncate(time.Second)
+	m := e.Mark(at)
 	if existing == nil || existing.PodUID != podUID {
-		return Record{Deadline: Deadline(time.Time{}, at, ttl), PodUID: podUID, Entries: 1, First: e, Last: e}, OutcomeFirst
+		return Record{Deadline: Deadline(time.Time{}, at, ttl), PodUID: podUID, Entries: 1, First: e, Last: e, Recent: []Mark{m}}, OutcomeFirst
 	}
 	r := *existing
-	if e.sameAs(r.Last) {
+	marks := r.Recent
+	if len(marks) == 0 && r.Last.RequestUID != "" {
+		// A record from before the list existed: its last entry is all there is.
+		marks = []Mark{r.Last.Mark(r.Last.Time)}
+	}
+	if prev, ok := RepeatOf(marks, m); ok {
+		from := at
+		if prev.RequestUID == m.RequestUID {
+			// The same admission: its deadlines count from its first call,
+			// so the earliest wins whatever the order of the calls.
+			from = prev.Time
+		}
+		if d := Deadline(r.Deadline, from, ttl); d.Before(r.Deadline) {
+			r.Deadline = d
+			return r, OutcomeEarlier
+		}
 		return r, OutcomeRepeat
 	}
 	r.Deadline = Deadline(r.Deadline, at, ttl)
@@ -240,6 +386,7 @@ func Apply(existing *Record, podUID types.UID, e Entry, ttl time.Duration) (Reco
 		r.First = e // a repaired record whose first entry was lost
 	}
 	r.Last = e
+	r.Recent = remember(marks, m)
 	return r, OutcomeAdded
 }
 
@@ -256,7 +403,16 @@ func (r Record) Annotations() map[string]string {
 		EntriesAnnotation:    strconv.Itoa(r.Entries),
 		FirstEntryAnnotation: entryJSON(r.First),
 		LastEntryAnnotation:  entryJSON(r.Last),
+		RecentAnnotation:     marksJSON(r.Recent),
 	}
+}
+
+func marksJSON(marks []Mark) string {
+	if marks == nil {
+		marks = []Mark{}
+	}
+	b, _ := json.Marshal(marks) // marks always encode.
+	return string(b)
 }
 
 // entryJSON encodes e for an annotation, leaving <, > and & as they are:

@@ -140,26 +140,53 @@ func TestApply(t *testing.T) {
 			name:        "repeat within the window changes nothing",
 			existing:    &existing,
 			podUID:      uid,
-			entry:       alice(t0.Add(5*time.Second), "req-websocket-fallback"),
-			ttl:         time.Minute,
+			entry:       alice(t0.Add(time.Second), "req-websocket-fallback"),
+			ttl:         2 * time.Hour,
 			want:        existing,
 			wantOutcome: record.OutcomeRepeat,
+		},
+		{
+			name:        "repeat asking for less time moves the deadline earlier",
+			existing:    &existing,
+			podUID:      uid,
+			entry:       alice(t0.Add(time.Second), "req-websocket-fallback"),
+			ttl:         time.Minute,
+			want:        record.Record{Deadline: t0.Add(time.Minute + time.Second), PodUID: uid, Entries: 1, First: first, Last: first},
+			wantOutcome: record.OutcomeEarlier,
+		},
+		{
+			name:        "same request UID later is still a repeat, its deadline counted from the first call",
+			existing:    &existing,
+			podUID:      uid,
+			entry:       alice(t0.Add(time.Minute), "req-1"),
+			ttl:         time.Minute,
+			want:        record.Record{Deadline: t0.Add(time.Minute), PodUID: uid, Entries: 1, First: first, Last: first},
+			wantOutcome: record.OutcomeEarlier,
 		},
 		{
 			name:        "repeat at exactly the window",
 			existing:    &existing,
 			podUID:      uid,
 			entry:       alice(t0.Add(record.RepeatWindow), "req-3"),
-			ttl:         time.Minute,
+			ttl:         2 * time.Hour,
 			want:        existing,
 			wantOutcome: record.OutcomeRepeat,
+		},
+		{
+			name:        "identical entry just outside the window is added",
+			existing:    &existing,
+			podUID:      uid,
+			entry:       alice(t0.Add(record.RepeatWindow+time.Millisecond), "req-3"),
+			ttl:         2 * time.Hour,
+			want:        record.Record{Deadline: t0.Add(time.Hour), PodUID: uid, Entries: 2, First: first, Last: alice(t0.Add(record.RepeatWindow), "req-3")},
+			wantOutcome: record.OutcomeAdded,
 		},
 		{
 			name:        "repeat arriving before the last entry's time",
 			existing:    &existing,
 			podUID:      uid,
-			entry:       alice(t0.Add(-10*time.Second), "req-3"),
-			ttl:         time.Minute,
+			entry:       alice(t0.Add(-time.Second), "req-3"),
+			ttl:         2 * time.Hour,
 			want:        existing,
 			wantOutcome: record.OutcomeRepeat,
 		},
@@ -245,6 +272,10 @@ func TestApply(t *testing.T) {
 			got, outcome := record.Apply(tt.existing, tt.podUID, tt.entry, tt.ttl)
 			if outcome != tt.wantOutcome {
 				t.Errorf("outcome = %q, want %q", outcome, tt.wantOutcome)
+			}
+			// The fingerprints are TestApplyRecent's business.
+			if tt.existing == nil || !reflect.DeepEqual(got.Recent, tt.existing.Recent) || outcome == record.OutcomeAdded || outcome == record.OutcomeFirst {
+				got.Recent = nil
 			}
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("record =\n%+v\nwant\n%+v", got, tt.want)

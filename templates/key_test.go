@@ -32,17 +32,19 @@ import (
 	"github.com/exec-reaper/exec-reaper/provider"
 )
 
-// Bounds of key contract v2 (/work/coord/KEY-V2.md, provider/key.go).
+// Bounds of key contract v2: the provider's (provider/key.go);
+// TestSharedConstants checks that the template's Rego has the same.
 const (
-	keyVersion        = "v2:"
-	maxUserChars      = 256
-	maxContainerChars = 256
-	maxGroups         = 32
-	maxGroupChars     = 256
-	maxCommandArgs    = 32
-	maxArgChars       = 1024
+	keyVersion        = provider.KeyVersion
+	maxUserChars      = provider.MaxUserChars
+	maxContainerChars = provider.MaxContainerChars
+	maxGroups         = provider.MaxGroups
+	maxGroupChars     = provider.MaxGroupChars
+	maxCommandArgs    = provider.MaxCommandArgs
+	maxArgChars       = provider.MaxArgChars
 	// maxKeyBytes is the contract's worst case for a key ("< 400 KB even if
-	// every character JSON-escapes to \u00XX"); the provider accepts 1 MiB.
+	// every character JSON-escapes to \u00XX"); the provider accepts
+	// provider.MaxKeyBytes.
 	maxKeyBytes = 400 << 10
 )
 
@@ -355,10 +357,7 @@ func checkKey(t *testing.T, key string, en entry, trial bool) map[string]any {
 
 	// The provider must accept every key the template builds from a
 	// request the API server lets through.
-	// Until the RECORDING engineer's v2 Decode is merged, the interim one
-	// (provider/key_v2_interim.go) refuses trial keys; nothing else.
-	if _, err := provider.Decode(key); err != nil && en.user != "" &&
-		!(trial && strings.Contains(err.Error(), "cannot record trial entries")) {
+	if _, err := provider.Decode(key); err != nil && en.user != "" {
 		t.Errorf("provider.Decode refused the key: %v", err)
 	}
 	var all map[string]any
@@ -554,8 +553,7 @@ func regoConst(t *testing.T, src, name string) string {
 }
 
 // TestSharedConstants: the numbers the template and the provider both rely
-// on agree. The bounds are KEY-V2.md's until the provider exports its own
-// (the RECORDING engineer's v2 Decode); MaxTTL is the provider's.
+// on agree: the key's version and bounds, and MaxTTL.
 func TestSharedConstants(t *testing.T) {
 	src, _ := templateRego(t)
 	for name, want := range map[string]int{
