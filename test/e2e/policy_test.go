@@ -150,10 +150,10 @@ func applyConstraint(t *testing.T, path string) {
 	})
 }
 
-// waitEnforced waits until Gatekeeper reports the constraint enforced by its
+// waitConstraintEnforced waits until Gatekeeper reports the constraint enforced by its
 // webhook (status.byPod[].enforced), so that an exec right after is
 // evaluated against it.
-func waitEnforced(t *testing.T, name string) {
+func waitConstraintEnforced(t *testing.T, name string) {
 	t.Helper()
 	gvr := schema.GroupVersionResource{Group: "constraints.gatekeeper.sh", Version: "v1beta1", Resource: "k8sexecreaper"}
 	poll(t, "constraint "+name+" enforced", 60*time.Second, func(ctx context.Context) (bool, error) {
@@ -180,7 +180,7 @@ func TestDryrunRecordsForReal(t *testing.T) {
 	ns := namespace(t, "e2e-dryrun")
 	path := writeConstraint(t, "e2e-dryrun", "dryrun", map[string]any{"namespaces": []any{ns}}, map[string]any{"ttl": "1h", "failurePolicy": "Ignore"})
 	applyConstraint(t, path)
-	waitEnforced(t, "e2e-dryrun")
+	waitConstraintEnforced(t, "e2e-dryrun")
 	pod := barePod(t, ns, "web", appLabels)
 	bg, err := c.Kubeconfig("breakglass-dryrun", breakglass, "dev")
 	if err != nil {
@@ -203,7 +203,7 @@ func TestTrialModeNeverEvicts(t *testing.T) {
 	path := writeConstraint(t, "e2e-trial", "warn", map[string]any{"namespaces": []any{ns}},
 		map[string]any{"ttl": fmt.Sprintf("%ds", int(TTL.Seconds())), "mode": "trial", "failurePolicy": "Ignore", "notice": true})
 	applyConstraint(t, path)
-	waitEnforced(t, "e2e-trial")
+	waitConstraintEnforced(t, "e2e-trial")
 	pod := barePod(t, ns, "web", appLabels)
 	gone := watchGone(t, pod)
 	bg, err := c.Kubeconfig("breakglass-trial", breakglass, "dev")
@@ -240,7 +240,7 @@ func TestMisconfiguredConstraintSaysSo(t *testing.T) {
 	path := writeConstraint(t, "e2e-no-provider", "deny", map[string]any{"namespaces": []any{ns}},
 		map[string]any{"ttl": "1h", "failurePolicy": "Fail", "provider": "gone"})
 	applyConstraint(t, path)
-	waitEnforced(t, "e2e-no-provider")
+	waitConstraintEnforced(t, "e2e-no-provider")
 	pod := barePod(t, ns, "web", appLabels)
 	bg, err := c.Kubeconfig("breakglass-no-provider", breakglass, "dev")
 	if err != nil {
