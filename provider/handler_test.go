@@ -295,8 +295,8 @@ func TestHandlerRecords(t *testing.T) {
 		{
 			name:        "bad key version",
 			pod:         newPod(nil),
-			keys:        []string{"v2:" + keyFor(t, alice)[3:]},
-			want:        []item{{err: `unsupported key version "v2"`}},
+			keys:        []string{"v3:" + keyFor(t, alice)[3:]},
+			want:        []item{{err: `unsupported key version "v3"`}},
 			wantPatches: 0, wantGets: 0,
 		},
 		{

@@ -86,7 +86,7 @@ func TestDecode(t *testing.T) {
 		{name: "user with @ / space unicode", key: keyWith(t, map[string]any{"user": "https://idp/ä b@c"}), want: with(func(r *Request) { r.User = "https://idp/ä b@c" })},
 		{name: "exactly MaxKeyBytes", key: padTo(t, MaxKeyBytes), want: validRequest},
 
-		{name: "version v2", key: "v2:" + valid[3:], wantErr: `unsupported key version "v2"`},
+		{name: "version v3", key: "v3:" + valid[3:], wantErr: `unsupported key version "v3"`},
 		{name: "no version", key: valid[3:], wantErr: "unsupported key version"},
 		{name: "upper-case version", key: "V1:" + valid[3:], wantErr: "unsupported key version"},
 		{name: "empty key", key: "", wantErr: "unsupported key version"},
