@@ -113,7 +113,9 @@ func TestDecode(t *testing.T) {
 			want: with(func(r *Request) { r.Groups, r.Command = nil, nil })},
 		{name: "trial", key: keyWith(t, map[string]any{"trial": true}), want: with(func(r *Request) { r.Trial = true })},
 		{name: "truncated with digests", key: keyWith(t, map[string]any{"truncated": []string{"command", "groups"}, "digests": map[string]string{"command": sha, "groups": sha}}),
-			want: with(func(r *Request) { r.Truncated, r.Digests = []string{"command", "groups"}, map[string]string{"command": sha, "groups": sha} })},
+			want: with(func(r *Request) {
+				r.Truncated, r.Digests = []string{"command", "groups"}, map[string]string{"command": sha, "groups": sha}
+			})},
 		{name: "long command accepted whole", key: keyWith(t, map[string]any{"command": []string{"sh", "-c", strings.Repeat("x", 17<<10)}}),
 			want: with(func(r *Request) { r.Command = []string{"sh", "-c", strings.Repeat("x", 17<<10)} })},
 		{name: "attach", key: keyWith(t, map[string]any{"operation": "attach", "command": []string{}}),
