@@ -499,14 +499,14 @@ func TestHandlerRepeat(t *testing.T) {
 		// The first command is compared with every recent entry, not only
 		// the last (cat), and it is more than RepeatWindow after it.
 		{name: "first command again, on purpose", advance: record.RepeatWindow + time.Second, req: execBy("alice", "req-3", "30s"),
-			want: item{outcome: record.OutcomeAdded, deadline: t0.Add(35 * time.Second)}, wantPatches: 4, wantEntries: 3, wantLastUID: "req-3"},
+			want: item{outcome: record.OutcomeAdded, deadline: t0.Add(34 * time.Second)}, wantPatches: 4, wantEntries: 3, wantLastUID: "req-3"},
 		// Two more constraints match req-3: one with a shorter ttl, which
 		// moves the deadline, then one with a longer ttl, answered from
 		// memory without a call to the API server (wantGets).
 		{name: "the same admission, a shorter ttl", req: execBy("alice", "req-3", "10s"),
-			want: item{outcome: record.OutcomeEarlier, deadline: t0.Add(15 * time.Second)}, wantPatches: 5, wantGets: 6, wantEntries: 3, wantLastUID: "req-3"},
+			want: item{outcome: record.OutcomeEarlier, deadline: t0.Add(14 * time.Second)}, wantPatches: 5, wantGets: 6, wantEntries: 3, wantLastUID: "req-3"},
 		{name: "the same admission, a longer ttl", req: execBy("alice", "req-3", "1h"),
-			want: item{outcome: record.OutcomeRepeat, deadline: t0.Add(15 * time.Second)}, wantPatches: 5, wantGets: 6, wantEntries: 3, wantLastUID: "req-3"},
+			want: item{outcome: record.OutcomeRepeat, deadline: t0.Add(14 * time.Second)}, wantPatches: 5, wantGets: 6, wantEntries: 3, wantLastUID: "req-3"},
 	}
 	for _, s := range steps {
 		t.Run(s.name, func(t *testing.T) {
