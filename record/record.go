@@ -41,8 +41,10 @@
 // Against a working kubelet one kubectl exec is one admission. The window is
 // short so that a person running the same command again on purpose, which
 // takes longer than RepeatWindow, is recorded again; the list is kept so that
-// someone else's entry in between does not split one invocation in two. A
-// repeat still moves the deadline earlier when it asks for less time (two
+// someone else's entry in between does not split one invocation in two. The
+// price: a script running the same command in a tight loop, less than
+// RepeatWindow apart, is counted once; its deadline is the same either way,
+// which is what matters. A repeat still moves the deadline earlier when it asks for less time (two
 // constraints with different TTLs match the same admission): the deadline is
 // always the earliest any matching constraint asked for.
 package record
