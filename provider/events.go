@@ -32,13 +32,22 @@ const Component = "exec-reaper-provider"
 // eventTimeout bounds one Event write; Events are best effort.
 const eventTimeout = 5 * time.Second
 
+// eventDelay is how long an Event waits before it is written: as long as
+// Gatekeeper's default webhook timeout, so that every call of one admission
+// (one per matching constraint) has been made and the Event tells the
+// admission's final, earliest deadline. The provider may only create Events
+// (its RBAC), never update one, so it waits instead.
+const eventDelay = 3 * time.Second
+
 // EventSink emits Events off the admission path: Announce only queues, and a
-// single goroutine writes. When the queue is full an Event is dropped and
-// counted, never waited for: the record on the pod is what matters, and it is
-// already written.
+// single goroutine writes, each Event eventDelay after it was first
+// announced, announcements of the same entry folded into one. When the queue
+// is full an Event is dropped and counted, never waited for: the record on
+// the pod is what matters, and it is already written.
 type EventSink struct {
 	client kubernetes.Interface
 	queue  chan announcement
+	delay  time.Duration
 }
 
 // announcement is what the writer needs to build an Event; building it
@@ -52,14 +61,14 @@ type announcement struct {
 	// deadline is when the pod will be (for a trial, would be) evicted.
 	deadline time.Time
 	trial    bool
-	// update is set when the entry's Event may exist already, with a later
-	// deadline: a repeat moved the deadline earlier.
+	// update is set when a repeat moved the deadline earlier: this
+	// announcement replaces the entry's Event if it is not written yet.
 	update bool
 }
 
 // NewEventSink returns a sink that holds at most size pending Events.
 func NewEventSink(client kubernetes.Interface, size int) *EventSink {
-	return &EventSink{client: client, queue: make(chan announcement, size)}
+	return &EventSink{client: client, queue: make(chan announcement, size), delay: eventDelay}
 }
 
 // Announce queues the Event for rec's last entry, if outcome says it is new.
@@ -85,18 +94,27 @@ func (s *EventSink) announce(a announcement) {
 }
 
 // Run writes queued Events until ctx is done, then writes what is still
-// queued, each bounded by eventTimeout.
+// queued or waiting, each bounded by eventTimeout.
 func (s *EventSink) Run(ctx context.Context) {
+	w := &eventWriter{sink: s, pending: map[string]*pendingEvent{}, limit: cap(s.queue)}
 	for {
+		var wake <-chan time.Time
+		if len(w.order) > 0 {
+			wake = time.After(time.Until(w.pending[w.order[0]].due))
+		}
 		select {
 		case a := <-s.queue:
-			s.write(ctx, a)
+			w.add(ctx, a)
+		case <-wake:
+			w.writeDue(ctx, time.Now())
 		case <-ctx.Done():
+			ctx = context.WithoutCancel(ctx)
 			for {
 				select {
 				case a := <-s.queue:
-					s.write(context.WithoutCancel(ctx), a)
+					w.add(ctx, a)
 				default:
+					w.writeDue(ctx, time.Time{}) // everything
 					return
 				}
 			}
@@ -104,20 +122,56 @@ func (s *EventSink) Run(ctx context.Context) {
 	}
 }
 
-func (s *EventSink) write(ctx context.Context, a announcement) {
+// eventWriter holds the Events waiting to be written, by name, oldest first.
+type eventWriter struct {
+	sink    *EventSink
+	pending map[string]*pendingEvent
+	order   []string
+	limit   int
+}
+
+type pendingEvent struct {
+	ev  *corev1.Event
+	due time.Time
+}
+
+// add folds a into the waiting Events.
+func (w *eventWriter) add(ctx context.Context, a announcement) {
+	ev := buildEvent(a)
+	if p, ok := w.pending[ev.Name]; ok {
+		if a.update {
+			p.ev = ev // the same entry, with an earlier deadline
+		}
+		eventsTotal.WithLabelValues("duplicate").Inc()
+		return
+	}
+	if len(w.order) >= w.limit {
+		w.writeOne(ctx) // never hold more than the queue may
+	}
+	w.pending[ev.Name] = &pendingEvent{ev: ev, due: time.Now().Add(w.sink.delay)}
+	w.order = append(w.order, ev.Name)
+}
+
+// writeDue writes the Events due at now; all of them if now is zero.
+func (w *eventWriter) writeDue(ctx context.Context, now time.Time) {
+	for len(w.order) > 0 && (now.IsZero() || !w.pending[w.order[0]].due.After(now)) {
+		w.writeOne(ctx)
+	}
+}
+
+// writeOne writes the oldest waiting Event.
+func (w *eventWriter) writeOne(ctx context.Context) {
+	name := w.order[0]
+	w.order = w.order[1:]
+	p := w.pending[name]
+	delete(w.pending, name)
+	w.sink.write(ctx, p.ev)
+}
+
+func (s *EventSink) write(ctx context.Context, ev *corev1.Event) {
 	ctx, cancel := context.WithTimeout(ctx, eventTimeout)
 	defer cancel()
-	ev := buildEvent(a)
-	events := s.client.CoreV1().Events(ev.Namespace)
-	_, err := events.Create(ctx, ev, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) && a.update {
-		// A repeat moved the deadline earlier: the entry's Event says so.
-		err = s.update(ctx, ev)
-		if err == nil {
-			eventsTotal.WithLabelValues("updated").Inc()
-			return
-		}
-	}
+	_, err := s.client.CoreV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{})
 	switch {
 	case err == nil:
 		eventsTotal.WithLabelValues("created").Inc()
@@ -126,23 +180,8 @@ func (s *EventSink) write(ctx context.Context, a announcement) {
 		eventsTotal.WithLabelValues("duplicate").Inc()
 	default:
 		eventsTotal.WithLabelValues("failed").Inc()
-		klog.FromContext(ctx).Error(err, "Writing event", "pod", klog.KRef(ev.Namespace, ev.InvolvedObject.Name), "reason", ev.Reason)
+		klog.FromContext(ctx).Error(err, "Creating event", "pod", klog.KRef(ev.Namespace, ev.InvolvedObject.Name), "reason", ev.Reason)
 	}
-}
-
-// update rewrites the message of the existing Event named as ev.
-func (s *EventSink) update(ctx context.Context, ev *corev1.Event) error {
-	events := s.client.CoreV1().Events(ev.Namespace)
-	old, err := events.Get(ctx, ev.Name, metav1.GetOptions{})
-	if err != nil {
-		return err
-	}
-	if old.Message == ev.Message {
-		return nil
-	}
-	old.Message = ev.Message
-	_, err = events.Update(ctx, old, metav1.UpdateOptions{})
-	return err
 }
 
 // maxMessageBytes bounds an Event's message; what a requester controls in it

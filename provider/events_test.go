@@ -150,9 +150,11 @@ func TestEventSinkAnnounce(t *testing.T) {
 	}
 }
 
-// TestEventSinkOncePerEntry announces one entry twice, as two replicas or a
-// retry would: one Event, and the second Create is counted as a duplicate.
-// A different request UID is a different Event.
+// TestEventSinkOncePerEntry announces one entry twice, as a retry would: one
+// Event, the second announcement folded into the first and counted as a
+// duplicate; and once more after its Event exists, as another replica would:
+// the Create is refused and counted as a duplicate. A different request UID
+// is a different Event.
 func TestEventSinkOncePerEntry(t *testing.T) {
 	pod := newPod(nil)
 	cs := fake.NewClientset(pod)
@@ -172,14 +174,19 @@ func TestEventSinkOncePerEntry(t *testing.T) {
 	if len(names) != len(want) || !names[wantEventName(pod, "req-1")] || !names[wantEventName(pod, "req-2")] {
 		t.Errorf("Events %v, want %v", names, want)
 	}
-	if n := countActions(cs, "create", "events"); n != 3 {
-		t.Errorf("%d Event creates, want 3", n)
+	if n := countActions(cs, "create", "events"); n != 2 {
+		t.Errorf("%d Event creates, want 2", n)
+	}
+	sink.Announce(pod, entered("alice", "req-1"), record.OutcomeAdded)
+	drain(t, sink)
+	if n := countActions(cs, "create", "events"); n != 3 || len(listEvents(t, cs)) != 2 {
+		t.Errorf("%d Event creates, %d Events; want 3 and 2", n, len(listEvents(t, cs)))
 	}
 	if got := eventCount(t, "created") - created; got != 2 {
 		t.Errorf("created counter rose by %v, want 2", got)
 	}
-	if got := eventCount(t, "duplicate") - duplicate; got != 1 {
-		t.Errorf("duplicate counter rose by %v, want 1", got)
+	if got := eventCount(t, "duplicate") - duplicate; got != 2 {
+		t.Errorf("duplicate counter rose by %v, want 2 (one folded, one refused)", got)
 	}
 }
 

@@ -1,6 +1,7 @@
 package record_test
 
 import (
+	"errors"
 	"reflect"
 	"slices"
 	"strings"
@@ -275,4 +276,36 @@ func FuzzBound(f *testing.F) {
 			t.Fatalf("entries = %d, want 2", rec.Entries)
 		}
 	})
+}
+
+// TestApplyTrial: trial entries follow the rules of real ones, in their own
+// annotation: a repeat that asks for less time moves WouldEvictAt earlier, an
+// annotation bound to another pod is replaced, a damaged one is an error.
+func TestApplyTrial(t *testing.T) {
+	tr, outcome := record.ApplyTrial(nil, uid, alice(t0, "req-1"), time.Hour)
+	if outcome != record.OutcomeFirst || tr.Entries != 1 || !tr.WouldEvictAt.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("first trial entry: %+v, %s", tr, outcome)
+	}
+	tr, outcome = record.ApplyTrial(&tr, uid, alice(t0.Add(time.Second), "req-1"), 10*time.Minute)
+	if outcome != record.OutcomeEarlier || tr.Entries != 1 || !tr.WouldEvictAt.Equal(t0.Add(10*time.Minute)) {
+		t.Errorf("same admission, shorter ttl: %+v, %s; want earlier, t0+10m", tr, outcome)
+	}
+	if _, outcome := record.ApplyTrial(&tr, uid, alice(t0.Add(time.Second), "req-2"), 2*time.Hour); outcome != record.OutcomeRepeat {
+		t.Errorf("SPDY fallback: %s, want repeat", outcome)
+	}
+	added, outcome := record.ApplyTrial(&tr, uid, alice(t0.Add(time.Minute), "req-3"), 2*time.Hour)
+	if outcome != record.OutcomeAdded || added.Entries != 2 || !added.WouldEvictAt.Equal(t0.Add(10*time.Minute)) {
+		t.Errorf("later entry: %+v, %s; want added, WouldEvictAt kept", added, outcome)
+	}
+	if other, outcome := record.ApplyTrial(&tr, "another-pod", alice(t0, "req-4"), time.Hour); outcome != record.OutcomeFirst || other.PodUID != "another-pod" {
+		t.Errorf("trial record of another pod: %+v, %s; want a new one", other, outcome)
+	}
+	if _, err := record.ReadTrial(map[string]string{}); !errors.Is(err, record.ErrNoRecord) {
+		t.Errorf("ReadTrial of nothing: %v, want ErrNoRecord", err)
+	}
+	for _, bad := range []string{"{", `{"entries":1}`, `{"podUID":"u","wouldEvictAt":"soon"}`} {
+		if _, err := record.ReadTrial(map[string]string{record.TrialAnnotation: bad}); err == nil || errors.Is(err, record.ErrNoRecord) || !strings.Contains(err.Error(), record.TrialAnnotation) {
+			t.Errorf("ReadTrial(%q) = %v, want an error naming the annotation", bad, err)
+		}
+	}
 }

@@ -55,7 +55,7 @@ func BenchmarkProviderRecord(b *testing.B) {
 	latencies := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for n := range b.N {
-		key := provider.KeyVersion + fmt.Sprintf(`{"uid":"bench-%d-%d","namespace":%q,"name":%q,"ttl":"1h","user":"bench","groups":[],"operation":"exec","container":"app","command":["cmd-%d"]}`,
+		key := provider.KeyVersion + fmt.Sprintf(`{"uid":"bench-%d-%d","namespace":%q,"name":%q,"ttl":"1h","user":"bench","groups":[],"operation":"exec","container":"app","command":["cmd-%d"],"trial":false,"truncated":[],"digests":{}}`,
 			time.Now().UnixNano(), n, ns, pod.Name, n)
 		body, _ := json.Marshal(map[string]any{"apiVersion": "externaldata.gatekeeper.sh/v1beta1", "kind": "ProviderRequest", "request": map[string]any{"keys": []string{key}}})
 		start := time.Now()

@@ -166,6 +166,26 @@ func TestEarliestDeadlineWins(t *testing.T) {
 		}
 	}
 	assertEvictedOnTime(t, gone, first.Deadline)
+	waitAllEvicted(t, ns, evictionTimeout)
+}
+
+// waitAllEvicted waits until every pod of ns is gone (each recorded, so
+// evicted at its deadline), so that none of this test's evictions lands in a
+// later test's counters.
+func waitAllEvicted(t *testing.T, ns string, timeout time.Duration) {
+	t.Helper()
+	poll(t, "every pod of "+ns+" evicted", timeout, func(ctx context.Context) (bool, error) {
+		list, err := c.Client().CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, p := range list.Items {
+			if p.DeletionTimestamp == nil {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
 }
 
 // TestLongEntriesAreRecorded: a kubectl exec with a 17 KB command by a user
@@ -232,6 +252,7 @@ func TestLongEntriesAreRecorded(t *testing.T) {
 			}
 			t.Logf("record: %d bytes of annotations; entry keeps %d bytes of the command's %d", size, len(strings.Join(e.Command, " ")), len(strings.Join(command, " ")))
 			waitEvents(t, pod, provider.ReasonEntered, 1)
+			waitAllEvicted(t, pod.Namespace, time.Until(rec.Deadline)+evictionTimeout)
 		})
 	}
 }
