@@ -28,6 +28,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -225,10 +226,13 @@ func appVersion(t *testing.T) string {
 var defaultIDs = []string{
 	"ClusterRole//exec-reaper-deleter",
 	"ClusterRole//exec-reaper-provider",
+	"ClusterRole//exec-reaper-uninstall",
 	"ClusterRoleBinding//exec-reaper-deleter",
 	"ClusterRoleBinding//exec-reaper-provider",
+	"ClusterRoleBinding//exec-reaper-uninstall",
 	"Deployment/gatekeeper-system/exec-reaper-deleter",
 	"Deployment/gatekeeper-system/exec-reaper-provider",
+	"Job/gatekeeper-system/exec-reaper-uninstall",
 	"PodDisruptionBudget/gatekeeper-system/exec-reaper-deleter",
 	"PodDisruptionBudget/gatekeeper-system/exec-reaper-provider",
 	"Provider//exec-reaper",
@@ -242,6 +246,7 @@ var defaultIDs = []string{
 	"Service/gatekeeper-system/exec-reaper-provider-metrics",
 	"ServiceAccount/gatekeeper-system/exec-reaper-deleter",
 	"ServiceAccount/gatekeeper-system/exec-reaper-provider",
+	"ServiceAccount/gatekeeper-system/exec-reaper-uninstall",
 }
 
 func TestLint(t *testing.T) {
@@ -585,6 +590,10 @@ func expectedRBAC(ns string, dryRun, leaderElection bool) rbac {
 			rule("", "secrets", []string{"exec-reaper-provider-cert"}, "update"),
 		},
 		"ClusterRole//exec-reaper-deleter": deleter,
+		// The pre-delete hook: exec-reaper's constraints, nothing else.
+		"ClusterRole//exec-reaper-uninstall": {
+			{APIGroups: []string{"constraints.gatekeeper.sh"}, Resources: []string{"k8sexecreaper", "k8sexecreaperrecordguard"}, Verbs: []string{"list", "delete"}},
+		},
 	}
 	if leaderElection {
 		want["Role/"+ns+"/exec-reaper-deleter"] = []rbacv1.PolicyRule{
@@ -623,6 +632,9 @@ func checkRBAC(t *testing.T, o objects, ns string, want rbac) {
 			sa := "exec-reaper-provider"
 			if strings.Contains(u.GetName(), "deleter") {
 				sa = "exec-reaper-deleter"
+			}
+			if strings.Contains(u.GetName(), "uninstall") {
+				sa = "exec-reaper-uninstall"
 			}
 			wantSubjects := []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: ns}}
 			if b.RoleRef != (rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: kind, Name: u.GetName()}) ||
@@ -950,7 +962,7 @@ func TestPolicies(t *testing.T) {
 		want := constraintParams{
 			EnforcementAction: "warn",
 			Excluded:          []string{"kube-system", "gatekeeper-system"},
-			Params: map[string]any{"ttl": "1h", "failurePolicy": "Ignore", "notice": true, "portForward": false,
+			Params: map[string]any{"ttl": "1h", "mode": "enforce", "failurePolicy": "Ignore", "notice": true, "portForward": false,
 				"exemptUsers": []any{}, "exemptGroups": []any{}, "provider": "exec-reaper"},
 			Hook: hook,
 		}
@@ -992,7 +1004,7 @@ func TestPolicies(t *testing.T) {
 			Excluded:          []string{"kube-system", "monitoring", "gatekeeper-system"},
 			// notice: true (the default) is dropped: with deny it would
 			// refuse every entry.
-			Params: map[string]any{"ttl": "30m", "failurePolicy": "Fail", "notice": false, "portForward": true,
+			Params: map[string]any{"ttl": "30m", "mode": "enforce", "failurePolicy": "Fail", "notice": false, "portForward": true,
 				"exemptUsers": []any{"alice@example.com", "system:admin"}, "exemptGroups": []any{"sre"}, "provider": "reaper-provider"},
 			Hook: hook,
 		}
@@ -1002,6 +1014,13 @@ func TestPolicies(t *testing.T) {
 		g := constraint(t, o, "K8sExecReaperRecordGuard", "reaper-record-guard")
 		if !reflect.DeepEqual(g.Params["extensionGroups"], []any{"reaper-admins"}) {
 			t.Errorf("record guard extensionGroups %v", g.Params["extensionGroups"])
+		}
+	})
+
+	t.Run("trial", func(t *testing.T) {
+		o := render(t, gkNS, "--set", "policies.install=true", "--set", "policies.mode=trial")
+		if c := constraint(t, o, "K8sExecReaper", "exec-reaper"); c.Params["mode"] != "trial" || c.EnforcementAction != "warn" {
+			t.Errorf("mode %v, action %s; want trial, warn", c.Params["mode"], c.EnforcementAction)
 		}
 	})
 
@@ -1112,6 +1131,15 @@ func TestSchemaRejects(t *testing.T) {
 		{"ttl not a duration", []string{"--set-string", "policies.ttl=1 hour"}, "/policies/ttl"},
 		{"ttl without unit", []string{"--set-string", "policies.ttl=60"}, "/policies/ttl"},
 		{"ttl not a string", []string{"--set", "policies.ttl=60"}, "/policies/ttl"},
+		// Each of these would fail every exec at the provider.
+		{"ttl zero", []string{"--set-string", "policies.ttl=0s"}, "/policies/ttl"},
+		{"ttl over 720h", []string{"--set-string", "policies.ttl=800h"}, "/policies/ttl"},
+		{"ttl 721h", []string{"--set-string", "policies.ttl=721h"}, "/policies/ttl"},
+		{"ttl abc", []string{"--set-string", "policies.ttl=abc"}, "/policies/ttl"},
+		{"ttl in days", []string{"--set-string", "policies.ttl=1d"}, "/policies/ttl"},
+		{"ttl compound", []string{"--set-string", "policies.ttl=1h30m"}, "/policies/ttl"},
+		{"unknown mode", []string{"--set", "policies.mode=dryrun"}, "/policies/mode"},
+		{"removeConstraints not a bool", []string{"--set-string", "uninstall.removeConstraints=yes"}, "/uninstall/removeConstraints"},
 		{"provider replicas 0", []string{"--set", "provider.replicas=0"}, "/provider/replicas"},
 		{"deleter replicas negative", []string{"--set", "deleter.replicas=-1"}, "/deleter/replicas"},
 		{"replicas not a number", []string{"--set-string", "provider.replicas=two"}, "/provider/replicas"},
@@ -1183,10 +1211,13 @@ func TestNotes(t *testing.T) {
 		{"defaults", gkNS, nil,
 			[]string{"enableConnectOperations", "CONNECT", "gatekeeper-validating-webhook-configuration",
 				"rollout status deployment/exec-reaper-provider", "get provider exec-reaper",
-				"kubectl apply -f templates/exec-reaper/template.yaml", "exec deploy/demo", "exec-reaper.io/deadline", "ExecReaperEntered"},
+				"kubectl apply -f templates/exec-reaper/template.yaml", "exec deploy/demo", "exec-reaper.io/deadline", "ExecReaperEntered",
+				"constraints/trial.yaml"},
 			[]string{"Exempt namespace", "dry-run", "allowedUsers"}},
 		{"policies", gkNS, []string{"--set", "policies.install=true", "--set", "policies.failurePolicy=Fail", "--set", "policies.ttl=15m"},
 			[]string{"constraint exec-reaper", "15m", "fail closed", "--wait"}, []string{"kubectl apply -f templates"}},
+		{"policies in trial mode", gkNS, []string{"--set", "policies.install=true", "--set", "policies.mode=trial"},
+			[]string{"in trial mode: no pod is ever evicted", "exec-reaper.io/trial"}, []string{"the pod is evicted 1h"}},
 		{"other namespace, dry run", "exec-reaper", []string{"--set", "deleter.dryRun=true"},
 			[]string{"Exempt namespace exec-reaper", "ExecReaperWouldEvict", "-n exec-reaper rollout status",
 				"system:serviceaccount:exec-reaper:exec-reaper-provider: put it in"}, nil},
@@ -1309,4 +1340,70 @@ func TestImage(t *testing.T) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}
 	}
+}
+
+// TestUninstallHook: helm uninstall first deletes every exec-reaper
+// constraint, with a pre-delete hook Job that runs the deleter's image and
+// binary under a ServiceAccount of its own, which may list and delete
+// exec-reaper's two constraint kinds and nothing else (TestRBAC). Helm
+// deletes the hook's objects once it succeeds.
+func TestUninstallHook(t *testing.T) {
+	o := render(t, gkNS)
+	wantHook := map[string]string{"pre-delete": ""}
+	for _, id := range []string{"ServiceAccount/" + gkNS + "/exec-reaper-uninstall", "ClusterRole//exec-reaper-uninstall",
+		"ClusterRoleBinding//exec-reaper-uninstall", "Job/" + gkNS + "/exec-reaper-uninstall"} {
+		parts := strings.SplitN(id, "/", 3)
+		u := o.find(parts[0], parts[1], parts[2])
+		if u == nil {
+			t.Fatalf("%s not rendered", id)
+		}
+		a := u.GetAnnotations()
+		if _, ok := wantHook[a["helm.sh/hook"]]; !ok {
+			t.Errorf("%s: helm.sh/hook %q, want pre-delete", id, a["helm.sh/hook"])
+		}
+		if a["helm.sh/hook-delete-policy"] != "before-hook-creation,hook-succeeded" {
+			t.Errorf("%s: hook-delete-policy %q", id, a["helm.sh/hook-delete-policy"])
+		}
+		// The ServiceAccount and its RBAC exist before the Job runs.
+		wantWeight := "-10"
+		if parts[0] == "Job" {
+			wantWeight = "0"
+		}
+		if a["helm.sh/hook-weight"] != wantWeight {
+			t.Errorf("%s: hook-weight %q, want %s", id, a["helm.sh/hook-weight"], wantWeight)
+		}
+	}
+	var job batchv1.Job
+	get(t, o, "Job", gkNS, "exec-reaper-uninstall", &job)
+	pod := job.Spec.Template.Spec
+	if pod.ServiceAccountName != "exec-reaper-uninstall" || pod.RestartPolicy != corev1.RestartPolicyNever {
+		t.Errorf("Job pod: serviceAccountName %q, restartPolicy %q", pod.ServiceAccountName, pod.RestartPolicy)
+	}
+	if job.Spec.ActiveDeadlineSeconds == nil || *job.Spec.ActiveDeadlineSeconds > 600 {
+		t.Errorf("Job activeDeadlineSeconds %v: a stuck hook must not block helm uninstall for long", job.Spec.ActiveDeadlineSeconds)
+	}
+	if len(pod.Containers) != 1 {
+		t.Fatalf("%d containers", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	d := deployment(t, o, gkNS, "exec-reaper-deleter")
+	if c.Image != d.Spec.Template.Spec.Containers[0].Image {
+		t.Errorf("hook image %q, want the deleter's %q: no image of its own", c.Image, d.Spec.Template.Spec.Containers[0].Image)
+	}
+	if !slices.Equal(c.Command, []string{"/usr/local/bin/exec-reaper-deleter", "remove-policies"}) {
+		t.Errorf("hook command %q", c.Command)
+	}
+	sc := c.SecurityContext
+	if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Errorf("hook container securityContext not hardened: %+v", sc)
+	}
+
+	t.Run("off", func(t *testing.T) {
+		o := render(t, gkNS, "--set", "uninstall.removeConstraints=false")
+		for _, u := range o {
+			if strings.Contains(u.GetName(), "uninstall") {
+				t.Errorf("%s %s rendered with uninstall.removeConstraints=false", u.GetKind(), u.GetName())
+			}
+		}
+	})
 }

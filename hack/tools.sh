@@ -6,6 +6,7 @@
 #
 #   hack/tools.sh kube        etcd, kube-apiserver, kube-controller-manager, kubectl
 #   hack/tools.sh gatekeeper  the Gatekeeper manager
+#   hack/tools.sh gatekeeper-old  the oldest Gatekeeper manager the README claims
 #   hack/tools.sh gator       stock gator, to prove pure-Rego suites need nothing more
 #   hack/tools.sh staticcheck
 #   hack/tools.sh helm
@@ -16,6 +17,9 @@ set -euo pipefail
 
 KUBE_VERSION=v1.36.3
 GATEKEEPER_VERSION=v3.23.1
+# The oldest Gatekeeper exec-reaper supports (README); test/e2e/versions_test.go
+# runs the templates and recording against it.
+GATEKEEPER_OLD_VERSION=v3.17.1
 STATICCHECK_VERSION=v0.7.0
 HELM_VERSION=v3.22.0
 
@@ -58,15 +62,16 @@ kube() {
 }
 
 gatekeeper() {
+	local version=${1:-$GATEKEEPER_VERSION}
 	# go install with a version builds exactly the dependencies Gatekeeper
 	# pinned; its go.mod has no replace directives.
 	GOBIN="$out" go install -trimpath -ldflags "-s -w" \
-		"github.com/open-policy-agent/gatekeeper/v3@$GATEKEEPER_VERSION"
+		"github.com/open-policy-agent/gatekeeper/v3@$version"
 	# go names the binary of a /v3 module after the path element before it.
 	mv "$out/gatekeeper" "$out/manager"
 	# The CRDs ship in the module; copy them next to the binary.
 	local mod
-	mod=$(GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' "github.com/open-policy-agent/gatekeeper/v3@$GATEKEEPER_VERSION")
+	mod=$(GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' "github.com/open-policy-agent/gatekeeper/v3@$version")
 	mkdir -p "$out/crds"
 	cp "$mod"/charts/gatekeeper/crds/*.yaml "$out/crds/"
 	chmod -R u+w "$out/crds"
@@ -88,11 +93,12 @@ helm() {
 case "${1:-}" in
 kube) build kube "$KUBE_VERSION" kube ;;
 gatekeeper) build gatekeeper "$GATEKEEPER_VERSION" gatekeeper ;;
+gatekeeper-old) build gatekeeper "$GATEKEEPER_OLD_VERSION" gatekeeper "$GATEKEEPER_OLD_VERSION" ;;
 gator) build gator "$GATEKEEPER_VERSION" gator ;;
 staticcheck) build staticcheck "$STATICCHECK_VERSION" staticcheck ;;
 helm) build helm "$HELM_VERSION" helm ;;
 *)
-	echo "usage: $0 kube|gatekeeper|gator|staticcheck|helm" >&2
+	echo "usage: $0 kube|gatekeeper|gatekeeper-old|gator|staticcheck|helm" >&2
 	exit 2
 	;;
 esac

@@ -6,7 +6,9 @@ package templates_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
+	"sigs.k8s.io/yaml"
 
 	"github.com/exec-reaper/exec-reaper/record"
 	"github.com/exec-reaper/exec-reaper/verifier"
@@ -348,6 +351,7 @@ func TestFailures(t *testing.T) {
 		req         func(t *testing.T) *admissionv1.AdmissionRequest
 		stopServer  bool
 		wantInMsg   []string
+		notInMsg    []string
 		wantNoMatch bool
 	}{{
 		name: "unknown pod, fail open", action: "warn", policy: "Ignore", req: unknownPod,
@@ -358,11 +362,13 @@ func TestFailures(t *testing.T) {
 	}, {
 		name: "provider down, fail open", action: "warn", policy: "Ignore", stopServer: true,
 		req:       func(t *testing.T) *admissionv1.AdmissionRequest { return execReq(t, alice) },
-		wantInMsg: []string{"could not record this exec", "the provider is unavailable"},
+		wantInMsg: []string{"could not record this exec", "the provider did not answer (failed to send external data request"},
+		notInMsg:  []string{"HTTP"},
 	}, {
 		name: "provider down, fail closed", action: "deny", policy: "Fail", stopServer: true,
 		req:       func(t *testing.T) *admissionv1.AdmissionRequest { return execReq(t, alice) },
-		wantInMsg: []string{"exec-reaper denied this exec", "the provider is unavailable"},
+		wantInMsg: []string{"exec-reaper denied this exec", "the provider did not answer (failed to send external data request", "Try again shortly"},
+		notInMsg:  []string{"HTTP", "misconfigured"},
 	}, {
 		name: "provider down, exempt user", action: "deny", policy: "Fail", stopServer: true,
 		req: func(t *testing.T) *admissionv1.AdmissionRequest {
@@ -392,6 +398,11 @@ func TestFailures(t *testing.T) {
 			for _, want := range tt.wantInMsg {
 				if !strings.Contains(results[0].Msg, want) {
 					t.Errorf("message %q lacks %q", results[0].Msg, want)
+				}
+			}
+			for _, not := range tt.notInMsg {
+				if strings.Contains(results[0].Msg, not) {
+					t.Errorf("message %q has %q", results[0].Msg, not)
 				}
 			}
 		})
@@ -425,5 +436,62 @@ func TestUnusualUsernames(t *testing.T) {
 				t.Errorf("recorded user %q, want %q", rec.First.User, user)
 			}
 		})
+	}
+}
+
+// Gatekeeper's external_data reads the key through OPA's ast.As, which
+// fails on a DEL character or a non-printable character beyond U+FFFF; the
+// call then never happens, and (before the template escaped them) such an
+// entry passed unrecorded even under failurePolicy Fail. Each of these
+// must be recorded, by Gatekeeper's own driver and the real provider.
+func TestUnquotableCharactersRecorded(t *testing.T) {
+	for _, arg := range []string{"echo \x7f", "echo \U000E0001", "\U0010FFFF"} {
+		t.Run(fmt.Sprintf("%q", arg), func(t *testing.T) {
+			p := newPolicy(t, "deny", map[string]any{"ttl": "10m", "failurePolicy": "Fail"})
+			req := connect(t, "exec", "PodExecOptions", alice, map[string]any{"container": "app", "command": []string{"sh", "-c", arg}})
+			if results := p.review(req); len(results) != 0 {
+				t.Fatalf("got %v, want the exec allowed, recorded", results)
+			}
+			if n := p.podReads(); n != 1 {
+				t.Fatalf("provider called %d times, want once: the entry went unrecorded", n)
+			}
+			rec, err := record.Read(p.pod().Labels, p.pod().Annotations)
+			if err != nil {
+				t.Fatalf("no record on the pod: %v", err)
+			}
+			if got := rec.First.Command; len(got) != 3 || got[0] != "sh" {
+				t.Errorf("recorded command %q", got)
+			}
+		})
+	}
+}
+
+// TestNoOperationsField: no template sets spec.targets[].operations, a
+// field the ConstraintTemplate CRD of Gatekeeper 3.17-3.20 lacks, so that
+// kubectl apply (strict field validation) refuses the template there
+// (test/e2e/versions_test.go applies them on v3.17.1).
+func TestNoOperationsField(t *testing.T) {
+	files, err := filepath.Glob("*/template.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no templates (%v)", err)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tmpl struct {
+			Spec struct {
+				Targets []map[string]any `json:"targets"`
+			} `json:"spec"`
+		}
+		if err := yaml.Unmarshal(data, &tmpl); err != nil {
+			t.Fatal(err)
+		}
+		for _, target := range tmpl.Spec.Targets {
+			if _, ok := target["operations"]; ok {
+				t.Errorf("%s sets operations, which Gatekeeper < 3.21 refuses; check the operation in Rego", f)
+			}
+		}
 	}
 }

@@ -20,6 +20,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == removePoliciesCommand {
+		os.Exit(removePolicies(os.Args[2:])) // the chart's pre-delete hook
+	}
 	var cfg deleter.Config
 	cfg.Default() // the flags' defaults are the config's
 	var kubeconfig string

@@ -152,6 +152,11 @@ type Options struct {
 	// Gatekeeper also installs Gatekeeper's CRDs, runs its manager and
 	// registers its validating webhook, with CONNECT operations enabled.
 	Gatekeeper bool
+	// GatekeeperPre323 says that Tools.GatekeeperDir holds a manager older
+	// than v3.23 (e.g. hack/tools.sh gatekeeper-old), which lacks the flags
+	// --operation=generate and --shutdown-delay: it is started without them
+	// (its webhook operation creates constraint CRDs itself).
+	GatekeeperPre323 bool
 }
 
 // Cluster is a running local control plane. Its methods are safe for
@@ -248,7 +253,7 @@ func (c *Cluster) start(ctx context.Context, opts Options) error {
 		return err
 	}
 	if opts.Gatekeeper {
-		if err := c.startGatekeeper(ctx); err != nil {
+		if err := c.startGatekeeper(ctx, opts.GatekeeperPre323); err != nil {
 			return err
 		}
 	}

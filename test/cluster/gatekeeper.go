@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -104,7 +105,7 @@ func (c *Cluster) GatekeeperCA() (certPEM []byte) {
 	return data
 }
 
-func (c *Cluster) startGatekeeper(ctx context.Context) error {
+func (c *Cluster) startGatekeeper(ctx context.Context, pre323 bool) error {
 	if err := c.applyGatekeeperCRDs(ctx); err != nil {
 		return err
 	}
@@ -164,7 +165,7 @@ func (c *Cluster) startGatekeeper(ctx context.Context) error {
 		return err
 	}
 	c.GatekeeperMetricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", promPort)
-	p, err := c.startCore("gatekeeper", []string{filepath.Join(c.tools.GatekeeperDir, "manager"),
+	args := []string{filepath.Join(c.tools.GatekeeperDir, "manager"),
 		"--kubeconfig=" + kubeconfig,
 		"--operation=webhook",
 		"--operation=status",
@@ -184,7 +185,15 @@ func (c *Cluster) startGatekeeper(ctx context.Context) error {
 		// Outside a pod: no pod name to own status objects.
 		"--debug-use-fake-pod",
 		"--shutdown-delay=0",
-	}, []string{"POD_NAMESPACE=" + GatekeeperNamespace})
+	}
+	if pre323 {
+		// Older managers refuse these flags; their webhook operation
+		// creates constraint CRDs, and they have no shutdown delay.
+		args = slices.DeleteFunc(args, func(a string) bool {
+			return a == "--operation=generate" || a == "--shutdown-delay=0"
+		})
+	}
+	p, err := c.startCore("gatekeeper", args, []string{"POD_NAMESPACE=" + GatekeeperNamespace})
 	if err != nil {
 		return err
 	}

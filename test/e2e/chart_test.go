@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,7 +28,7 @@ func TestChartPolicies(t *testing.T) {
 		switch {
 		case o.GetKind() == "ConstraintTemplate":
 			templates = append(templates, o)
-		case o.GetAnnotations()["helm.sh/hook"] != "":
+		case strings.Contains(o.GetAnnotations()["helm.sh/hook"], "post-install"):
 			constraints = append(constraints, o)
 		}
 	}

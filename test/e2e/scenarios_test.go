@@ -376,7 +376,7 @@ func TestProviderDown(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kubectl debug with the provider down: %v", err)
 	}
-	if !strings.Contains(stderr, "exec-reaper could not record this debug") || !strings.Contains(stderr, "provider is unavailable") {
+	if !strings.Contains(stderr, "exec-reaper could not record this debug") || !strings.Contains(stderr, "the provider did not answer") {
 		t.Errorf("kubectl debug did not warn that recording failed:\n%s", stderr)
 	}
 
@@ -384,7 +384,7 @@ func TestProviderDown(t *testing.T) {
 	guarded := barePod(t, strict, "closed", appLabels)
 	_, stderr, err = kubectl(t, aliceKubeconfig, "exec", "-n", strict, guarded.Name, "-c", "app", "--", "true")
 	if err == nil || !strings.Contains(stderr, "exec-reaper denied this exec into pod "+strict+"/"+guarded.Name) ||
-		!strings.Contains(stderr, "must be recorded first") || !strings.Contains(stderr, "provider is unavailable") {
+		!strings.Contains(stderr, "must be recorded first") || !strings.Contains(stderr, "the provider did not answer") {
 		t.Fatalf("strict exec not denied with a clear message: %v\n%s", err, stderr)
 	}
 	assertNoRecord(t, guarded)

@@ -147,6 +147,9 @@ func (i *Install) applyChart(ctx context.Context) error {
 
 	var now, dryRun []*unstructured.Unstructured
 	for _, o := range i.objects {
+		if strings.Contains(o.GetAnnotations()["helm.sh/hook"], "pre-delete") {
+			continue // Helm creates these only on uninstall
+		}
 		switch o.GetKind() {
 		case "Deployment":
 			if err := i.takeArgs(o); err != nil {
