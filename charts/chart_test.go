@@ -247,6 +247,8 @@ var defaultIDs = []string{
 	"ServiceAccount/gatekeeper-system/exec-reaper-deleter",
 	"ServiceAccount/gatekeeper-system/exec-reaper-provider",
 	"ServiceAccount/gatekeeper-system/exec-reaper-uninstall",
+	"ValidatingAdmissionPolicy//exec-reaper-record-guard",
+	"ValidatingAdmissionPolicyBinding//exec-reaper-record-guard",
 }
 
 func TestLint(t *testing.T) {
@@ -399,6 +401,7 @@ func TestDefaults(t *testing.T) {
 			"workers":         "2",
 			"resync":          "10m",
 			"retry-max-delay": "10s",
+			"guard-policy":    "exec-reaper-record-guard",
 			"v":               "0",
 		}
 		if a := args(t, c); !reflect.DeepEqual(a, want) {
@@ -576,7 +579,10 @@ func expectedRBAC(ns string, dryRun, leaderElection bool) rbac {
 	if !dryRun {
 		deleter = append(deleter, rule("", "pods/eviction", nil, "create"))
 	}
-	deleter = append(deleter, rule("events.k8s.io", "events", nil, "create", "patch"))
+	deleter = append(deleter, rule("events.k8s.io", "events", nil, "create", "patch"),
+		rbacv1.PolicyRule{APIGroups: []string{"admissionregistration.k8s.io"},
+			Resources:     []string{"validatingadmissionpolicies", "validatingadmissionpolicybindings"},
+			ResourceNames: []string{"exec-reaper-record-guard"}, Verbs: []string{"get"}})
 	want := rbac{
 		"ClusterRole//exec-reaper-provider": {
 			rule("", "pods", nil, "get"),
@@ -1406,4 +1412,36 @@ func TestUninstallHook(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestGuard: the record guard is on by default, names the provider's
+// ServiceAccount of this release, denies, fails closed, and the deleter is
+// told to require it; guard.enabled=false removes all three.
+func TestGuard(t *testing.T) {
+	o := render(t, "exec-reaper")
+	policy := o.find("ValidatingAdmissionPolicy", "", "exec-reaper-record-guard")
+	binding := o.find("ValidatingAdmissionPolicyBinding", "", "exec-reaper-record-guard")
+	if policy == nil || binding == nil {
+		t.Fatal("no record guard policy or binding in the default render")
+	}
+	if fp, _, _ := unstructured.NestedString(policy.Object, "spec", "failurePolicy"); fp != "Fail" {
+		t.Errorf("guard failurePolicy %q, want Fail", fp)
+	}
+	b, _ := json.Marshal(policy.Object)
+	if !strings.Contains(string(b), "system:serviceaccount:exec-reaper:exec-reaper-provider") {
+		t.Error("guard does not name this release's provider ServiceAccount")
+	}
+	if acts, _, _ := unstructured.NestedStringSlice(binding.Object, "spec", "validationActions"); !slices.Equal(acts, []string{"Deny"}) {
+		t.Errorf("binding validationActions %v, want [Deny]", acts)
+	}
+	if a := args(t, deployment(t, o, "exec-reaper", "exec-reaper-deleter").Spec.Template.Spec.Containers[0]); a["guard-policy"] != "exec-reaper-record-guard" {
+		t.Errorf("deleter args %v lack --guard-policy", a)
+	}
+	off := render(t, "exec-reaper", "--set", "guard.enabled=false")
+	if off.find("ValidatingAdmissionPolicy", "", "exec-reaper-record-guard") != nil {
+		t.Error("guard.enabled=false still renders the policy")
+	}
+	if a := args(t, deployment(t, off, "exec-reaper", "exec-reaper-deleter").Spec.Template.Spec.Containers[0]); a["guard-policy"] != "" {
+		t.Errorf("guard.enabled=false still passes --guard-policy=%s", a["guard-policy"])
+	}
 }
