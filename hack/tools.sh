@@ -10,6 +10,9 @@
 #   hack/tools.sh gator       stock gator, to prove pure-Rego suites need nothing more
 #   hack/tools.sh staticcheck
 #   hack/tools.sh helm
+#   hack/tools.sh node        kubelet, kube-scheduler (Kubernetes' module, like kube) and
+#                             containerd, containerd-shim-runc-v2, ctr; the Debian
+#                             packages a node also needs come from hack/node-packages.sh
 #
 # Versions are pinned here and in test/tools/go.mod (Kubernetes); the cache key
 # is the version, so a second run costs nothing.
@@ -22,6 +25,7 @@ GATEKEEPER_VERSION=v3.23.1
 GATEKEEPER_OLD_VERSION=v3.17.1
 STATICCHECK_VERSION=v0.7.0
 HELM_VERSION=v3.22.0
+CONTAINERD_VERSION=v2.4.2
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${EXEC_REAPER_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/exec-reaper-tools}
@@ -61,6 +65,23 @@ kube() {
 	done
 }
 
+node() {
+	cd "$root/test/tools"
+	local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION"
+	for cmd in kubelet kube-scheduler; do
+		echo "   go build $cmd" >&2
+		go build -trimpath -ldflags "$ldflags" -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+	done
+	# containerd's own go.mod pins its dependencies; go install with a version
+	# honours them. The tags drop snapshotters that need cgo or kernel extras.
+	echo "   go install containerd $CONTAINERD_VERSION" >&2
+	CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "-s -w" \
+		-tags 'no_btrfs no_devmapper no_zfs' \
+		"github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+		"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+		"github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
+}
+
 gatekeeper() {
 	local version=${1:-$GATEKEEPER_VERSION}
 	# go install with a version builds exactly the dependencies Gatekeeper
@@ -97,8 +118,9 @@ gatekeeper-old) build gatekeeper "$GATEKEEPER_OLD_VERSION" gatekeeper "$GATEKEEP
 gator) build gator "$GATEKEEPER_VERSION" gator ;;
 staticcheck) build staticcheck "$STATICCHECK_VERSION" staticcheck ;;
 helm) build helm "$HELM_VERSION" helm ;;
+node) build node "$KUBE_VERSION-containerd-$CONTAINERD_VERSION" node ;;
 *)
-	echo "usage: $0 kube|gatekeeper|gatekeeper-old|gator|staticcheck|helm" >&2
+	echo "usage: $0 kube|gatekeeper|gatekeeper-old|gator|staticcheck|helm|node" >&2
 	exit 2
 	;;
 esac
