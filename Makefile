@@ -12,9 +12,11 @@ export EXEC_REAPER_TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/exec-re
 RACE_PKGS := ./record/... ./provider/... ./deleter/... ./internal/... ./verifier/...
 UNIT_PKGS := ./templates/... ./cmd/...
 
-# The pinned control-plane tools, built on first use.
+# The pinned control-plane and node tools, built on first use; the node's
+# Debian packages (runc, CNI plugins, iptables, conntrack, iproute2,
+# busybox-static) are installed when missing.
 TOOLS_ENV = EXEC_REAPER_KUBE_TOOLS="$$(hack/tools.sh kube)" EXEC_REAPER_GATEKEEPER="$$(hack/tools.sh gatekeeper)" \
-	EXEC_REAPER_HELM="$$(hack/tools.sh helm)/helm"
+	EXEC_REAPER_HELM="$$(hack/tools.sh helm)/helm" EXEC_REAPER_NODE_TOOLS="$$(hack/node-packages.sh && hack/tools.sh node)"
 # The oldest Gatekeeper the README claims; only the e2e suite needs it.
 OLD_GATEKEEPER_ENV = EXEC_REAPER_GATEKEEPER_OLD="$$(hack/tools.sh gatekeeper-old)"
 
@@ -58,7 +60,7 @@ demo: ## The main job: exec into a pod on a local control plane and watch exec-r
 up: ## As demo, but leave the control plane running (make down stops it).
 	$(TOOLS_ENV) $(GO) run ./test/demo -up
 
-down: ## Stop a control plane left by make up.
+down: ## Stop a control plane left by make up, and clean what a crashed node left.
 	$(GO) run ./test/demo -down
 
 # The chart's default image; its tag is the chart's appVersion.
@@ -67,7 +69,9 @@ IMAGE ?= ghcr.io/exec-reaper/exec-reaper
 image: ## Build the container image (needs a container engine): $(IMAGE):<appVersion>.
 	docker build -t $(IMAGE):$$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' charts/exec-reaper/Chart.yaml) .
 
-tools: ## Build the pinned tools now (kube, Gatekeeper and the oldest one supported, staticcheck, helm).
+tools: ## Build the pinned tools now (kube, Gatekeeper and the oldest one supported, staticcheck, helm, node) and install the node's packages.
+	hack/node-packages.sh
+	hack/tools.sh node >/dev/null
 	hack/tools.sh kube >/dev/null
 	hack/tools.sh gatekeeper >/dev/null
 	hack/tools.sh gatekeeper-old >/dev/null

@@ -4,9 +4,13 @@
 // machine for end-to-end tests and the demo: etcd, kube-apiserver and
 // kube-controller-manager from hack/tools.sh, and optionally Gatekeeper's
 // manager with its validating webhook (CONNECT included) registered, all as
-// plain processes on 127.0.0.1. There is no scheduler and no kubelet: pods
-// are created and stay Pending, which is all that exec-reaper needs, because
-// admission of `kubectl exec` happens before the API server looks for a node.
+// plain processes on 127.0.0.1. Without Options.Node there is no scheduler
+// and no kubelet: pods are created and stay Pending, which is enough to test
+// admission, because admission of `kubectl exec` happens before the API
+// server looks for a node. With Options.Node, kube-scheduler, containerd and
+// a kubelet run too (Linux, root): one real node, NodeName, whose pods run
+// the local images PauseImage and BusyboxImage and are never pulled. Only
+// one node runs per machine at a time (NodeLockFile).
 //
 // Typical use:
 //
@@ -90,10 +94,14 @@ type Tools struct {
 	KubeDir string
 	// GatekeeperDir holds Gatekeeper's manager binary and its CRDs in crds/.
 	GatekeeperDir string
+	// NodeDir holds kubelet, kube-scheduler, containerd,
+	// containerd-shim-runc-v2 and ctr (hack/tools.sh node).
+	NodeDir string
 }
 
 // DefaultTools returns the tool locations from the environment:
-// EXEC_REAPER_KUBE_TOOLS and EXEC_REAPER_GATEKEEPER, or else the directories
+// EXEC_REAPER_KUBE_TOOLS, EXEC_REAPER_GATEKEEPER and EXEC_REAPER_NODE_TOOLS,
+// or else the directories
 // hack/tools.sh builds into (under EXEC_REAPER_TOOLS_CACHE, else
 // $XDG_CACHE_HOME/exec-reaper-tools or ~/.cache/exec-reaper-tools).
 func DefaultTools() Tools {
@@ -106,12 +114,16 @@ func DefaultTools() Tools {
 	t := Tools{
 		KubeDir:       filepath.Join(cache, kubeToolsDir),
 		GatekeeperDir: filepath.Join(cache, gatekeeperToolsDir),
+		NodeDir:       filepath.Join(cache, nodeToolsDir),
 	}
 	if d := os.Getenv("EXEC_REAPER_KUBE_TOOLS"); d != "" {
 		t.KubeDir = d
 	}
 	if d := os.Getenv("EXEC_REAPER_GATEKEEPER"); d != "" {
 		t.GatekeeperDir = d
+	}
+	if d := os.Getenv("EXEC_REAPER_NODE_TOOLS"); d != "" {
+		t.NodeDir = d
 	}
 	return t
 }
@@ -157,6 +169,13 @@ type Options struct {
 	// --operation=generate and --shutdown-delay: it is started without them
 	// (its webhook operation creates constraint CRDs itself).
 	GatekeeperPre323 bool
+	// Node also runs kube-scheduler and one real node (containerd and a
+	// kubelet) that runs pods: Linux and root only, one per machine; Start
+	// waits for NodeLockFile while another run's node is up. Stop deletes
+	// every pod while the kubelet runs, then stops the node and removes what
+	// it left on the machine (processes, mounts, cgroups, iptables chains,
+	// the bridge). Needs hack/tools.sh node and hack/node-packages.sh.
+	Node bool
 }
 
 // Cluster is a running local control plane. Its methods are safe for
@@ -193,6 +212,7 @@ type Cluster struct {
 	mu        sync.Mutex
 	core      []*Process // control plane, in start order
 	extra     []*Process // from StartProcess, in start order
+	node      *node      // the node's state, with Options.Node
 	webhooks  bool       // Gatekeeper's webhook configuration is registered
 	stopped   bool       // Stop has begun; StartProcess refuses
 	stopOnce  sync.Once
@@ -216,8 +236,16 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if opts.Tools.GatekeeperDir == "" {
 		opts.Tools.GatekeeperDir = defaults.GatekeeperDir
 	}
+	if opts.Tools.NodeDir == "" {
+		opts.Tools.NodeDir = defaults.NodeDir
+	}
 	if err := opts.Tools.check(opts.Gatekeeper); err != nil {
 		return nil, err
+	}
+	if opts.Node {
+		if err := opts.Tools.checkNode(); err != nil {
+			return nil, err
+		}
 	}
 	dir, err := filepath.Abs(opts.Dir)
 	if err != nil {
@@ -242,6 +270,11 @@ func (c *Cluster) start(ctx context.Context, opts Options) error {
 	if err := c.writePKI(); err != nil {
 		return fmt.Errorf("writing certificates: %w", err)
 	}
+	if opts.Node {
+		if err := c.startNodePrep(ctx); err != nil {
+			return err
+		}
+	}
 	etcdURL, err := c.startEtcd(ctx)
 	if err != nil {
 		return err
@@ -251,6 +284,11 @@ func (c *Cluster) start(ctx context.Context, opts Options) error {
 	}
 	if err := c.startControllerManager(ctx); err != nil {
 		return err
+	}
+	if opts.Node {
+		if err := c.startNode(ctx); err != nil {
+			return err
+		}
 	}
 	if opts.Gatekeeper {
 		if err := c.startGatekeeper(ctx, opts.GatekeeperPre323); err != nil {
@@ -359,6 +397,15 @@ func (c *Cluster) startAPIServer(ctx context.Context, etcdURL string) error {
 		"--tls-private-key-file=" + c.pki("apiserver.key"),
 		"--client-ca-file=" + c.CAFile,
 		"--authorization-mode=Node,RBAC",
+		// As in real clusters: kubelets may change only their own Node and
+		// its pods' status.
+		"--enable-admission-plugins=NodeRestriction",
+		// Streams (exec, attach, port-forward, logs) to the kubelet, which
+		// serves a certificate from the cluster CA on the node IP.
+		"--kubelet-client-certificate=" + c.pki("apiserver-kubelet-client.crt"),
+		"--kubelet-client-key=" + c.pki("apiserver-kubelet-client.key"),
+		"--kubelet-certificate-authority=" + c.CAFile,
+		"--kubelet-preferred-address-types=InternalIP",
 		"--service-account-issuer=https://kubernetes.default.svc",
 		"--service-account-key-file=" + c.pki("sa.pub"),
 		"--service-account-signing-key-file=" + c.pki("sa.key"),
@@ -418,8 +465,11 @@ func (c *Cluster) startControllerManager(ctx context.Context) error {
 		"--cluster-signing-key-file=" + c.pki("ca.key"),
 		"--use-service-account-credentials=false",
 		"--leader-elect=false",
-		// Everything on by default except what needs nodes or a cloud.
-		"--controllers=*,-node-ipam-controller,-node-lifecycle-controller,-cloud-node-lifecycle-controller," +
+		// Everything on by default except what needs a cloud or pod CIDRs
+		// per node (the local node's CNI has its own subnet). The node
+		// lifecycle controller removes the not-ready taint a kubelet
+		// registers with.
+		"--controllers=*,-node-ipam-controller,-cloud-node-lifecycle-controller," +
 			"-node-route-controller,-service-lb-controller",
 		"--profiling=false",
 	}, nil)
@@ -435,6 +485,9 @@ func (c *Cluster) startControllerManager(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("waiting for kube-controller-manager to create the default ServiceAccount: %w", err)
+	}
+	if c.node != nil {
+		c.node.controllerManager = p
 	}
 	c.logf("kube-controller-manager ready")
 	return nil
@@ -607,7 +660,10 @@ func tail(path string, n int) ([]string, error) {
 
 // Stop tears the cluster down: it removes Gatekeeper's webhook configuration
 // first (so the API server stops calling a webhook that is about to
-// disappear), then stops the processes from StartProcess, Gatekeeper,
+// disappear), then stops the processes from StartProcess; with a node, it
+// stops kube-controller-manager and kube-scheduler, deletes every pod and
+// waits for the kubelet to remove them, stops the kubelet and containerd and
+// cleans the machine (see Options.Node); then it stops Gatekeeper,
 // kube-controller-manager, kube-apiserver and finally etcd, each with
 // SIGTERM and then SIGKILL after StopGracePeriod. Stopping the API server
 // before etcd spares it a storm of reconnects. Stop is idempotent and
@@ -632,23 +688,37 @@ func (c *Cluster) stop() error {
 		}
 	}
 	c.mu.Lock()
-	procs := append(append([]*Process(nil), c.core...), c.extra...)
-	nCore := len(c.core)
+	core := append([]*Process(nil), c.core...)
+	extra := append([]*Process(nil), c.extra...)
+	n := c.node
 	c.mu.Unlock()
 	// Reverse start order: clients first, etcd last.
-	for i := len(procs) - 1; i >= 0; i-- {
-		p := procs[i]
-		if i < nCore {
-			// A control-plane component that exited before Stop is a
-			// failure the caller should hear about.
-			if done, err := p.Exited(); done {
-				errs = append(errs, fmt.Errorf("%s had exited before Stop: %v", p.Name, err))
-				continue
-			}
+	for i := len(extra) - 1; i >= 0; i-- {
+		if err := extra[i].Stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	stopped := map[*Process]bool{}
+	stopOne := func(p *Process) {
+		if stopped[p] {
+			return
+		}
+		stopped[p] = true
+		// A control-plane component that exited before Stop is a failure
+		// the caller should hear about.
+		if done, err := p.Exited(); done {
+			errs = append(errs, fmt.Errorf("%s had exited before Stop: %v (log: %s)", p.Name, err, p.LogFile))
+			return
 		}
 		if err := p.Stop(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if n != nil {
+		errs = append(errs, c.stopNode(stopOne)...)
+	}
+	for i := len(core) - 1; i >= 0; i-- {
+		stopOne(core[i])
 	}
 	return errors.Join(errs...)
 }

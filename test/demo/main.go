@@ -1,18 +1,32 @@
 // Command demo is `make demo`: it starts a local control plane with
-// Gatekeeper and exec-reaper, runs kubectl exec into a Deployment's pod as a
-// developer, and shows what exec-reaper does about it, up to the eviction.
+// Gatekeeper, exec-reaper and one real node, has a developer hot-fix a
+// running pod through kubectl exec, and shows what exec-reaper does about
+// it: the record, the Event, the eviction at the deadline, and the
+// replacement pod serving the original file from its image.
 //
 //	demo          run the story, then stop everything
-//	demo -up      run the story, then leave the control plane running in the
-//	              background and print its KUBECONFIG
-//	demo -down    stop a control plane left by -up
+//	demo -up      run the story, then leave the cluster (node included)
+//	              running in the background and print its KUBECONFIG
+//	demo -down    stop a cluster left by -up, and clean what a crashed node
+//	              left on the machine
+//
+// The state (cluster directory, pid and ready files, log) lives in a
+// directory per checkout, so two checkouts never stop each other's
+// clusters. The machine runs one node at a time (cluster.NodeLockFile):
+// while a -up cluster of this checkout runs, demo and a second -up refuse
+// or restart it explicitly, and never delete its directory under it.
 package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -28,6 +42,8 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
@@ -45,42 +61,91 @@ const TTL = 20 * time.Second
 const (
 	demoNS   = "shop"
 	demoUser = "alice@example.com"
+	webPort  = 8080
+	// hotfix is what alice writes into the running container.
+	hotfix = "hot-fix by alice: price = 0"
+	// gracePeriod is the pods' terminationGracePeriodSeconds.
+	gracePeriod = 10
 )
 
 func main() {
-	up := flag.Bool("up", false, "leave the control plane running in the background")
-	down := flag.Bool("down", false, "stop a control plane left by -up")
+	up := flag.Bool("up", false, "leave the cluster running in the background")
+	down := flag.Bool("down", false, "stop a cluster left by -up")
 	serve := flag.Bool("serve", false, "internal: the background process of -up")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	var err error
-	switch {
-	case *down:
-		err = stopBackground()
-	case *up:
-		err = startBackground(ctx)
-	default:
-		err = demo(ctx, *serve)
-	}
+	err := run(ctx, *up, *down, *serve)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func stateDir() string {
-	dir, err := os.UserCacheDir()
+func run(ctx context.Context, up, down, serve bool) error {
+	root, err := repoRoot()
 	if err != nil {
-		dir = os.TempDir()
+		return err
 	}
-	return filepath.Join(dir, "exec-reaper-demo")
+	s := newState(root)
+	switch {
+	case down:
+		return s.stopBackground()
+	case up:
+		return s.startBackground(ctx)
+	case serve:
+		return demo(ctx, s, root, true)
+	default:
+		if pid, ok := s.running(); ok {
+			return fmt.Errorf("the cluster of `make up` runs (pid %d, state %s); `make demo` would need its node. "+
+				"Run `make down` first, or use the running cluster (KUBECONFIG in %s)", pid, s.dir, s.readyFile())
+		}
+		return demo(ctx, s, root, false)
+	}
 }
 
-// pidFile holds the pid of the process -up leaves running. It lives outside
-// stateDir, which every run of the demo starts by emptying.
-func pidFile() string { return filepath.Join(os.TempDir(), "exec-reaper-demo.pid") }
+// state is this checkout's demo state directory.
+type state struct{ dir string }
+
+// newState names the state directory after the checkout's path, under the
+// user's cache directory.
+func newState(root string) state {
+	base, err := os.UserCacheDir()
+	if err != nil {
+		base = os.TempDir()
+	}
+	sum := sha256.Sum256([]byte(root))
+	return state{dir: filepath.Join(base, "exec-reaper-demo", hex.EncodeToString(sum[:6]))}
+}
+
+func (s state) clusterDir() string { return filepath.Join(s.dir, "cluster") }
+func (s state) pidFile() string    { return filepath.Join(s.dir, "pid") }
+func (s state) readyFile() string  { return filepath.Join(s.dir, "ready") }
+func (s state) logFile() string    { return filepath.Join(s.dir, "up.log") }
+
+// running returns the pid of this checkout's background process, if it is
+// alive.
+func (s state) running() (int, bool) {
+	b, err := os.ReadFile(s.pidFile())
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	if syscall.Kill(pid, 0) != nil {
+		return 0, false
+	}
+	// A recycled pid belongs to some other program: the background process
+	// runs this command with -serve.
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if len(cmdline) > 0 && !strings.Contains(string(cmdline), "-serve") {
+		return 0, false
+	}
+	return pid, true
+}
 
 func say(format string, args ...any) { fmt.Printf("\n==> "+format+"\n", args...) }
 
@@ -90,38 +155,43 @@ func show(label, text string) {
 	}
 }
 
-// demo tells the story. With serve, it then keeps the control plane up
-// until it is signalled.
-func demo(ctx context.Context, serve bool) (err error) {
+// demo tells the story. With serve, it then keeps the cluster up until it
+// is signalled, and writes the ready file once the story is told.
+func demo(ctx context.Context, s state, root string, serve bool) (err error) {
 	start := time.Now()
-	dir := stateDir()
-	_ = os.RemoveAll(dir)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	root, err := repoRoot()
-	if err != nil {
-		return err
-	}
 	helm := os.Getenv("EXEC_REAPER_HELM")
 	if helm == "" {
-		return errors.New("EXEC_REAPER_HELM is not set; run `make demo`")
+		return errors.New("configuration error: EXEC_REAPER_HELM is not set; run `make demo`")
+	}
+	// A node that a killed run left behind is cleaned up first; a node
+	// that runs (another checkout's make up, a test run) stops us here.
+	if err := cluster.CleanupNode(os.Stdout); err != nil {
+		return fmt.Errorf("%w\n(another checkout's `make up` or a test run has the machine's only node; stop it, then retry)", err)
+	}
+	// Only this checkout's own directory is emptied, and only when no
+	// process of this checkout uses it (checked by the caller).
+	if err := os.RemoveAll(s.clusterDir()); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(s.clusterDir(), 0o755); err != nil {
+		return err
 	}
 
-	say("Starting a local control plane: etcd, kube-apiserver, kube-controller-manager and Gatekeeper")
-	c, err := cluster.Start(ctx, cluster.Options{Tools: cluster.DefaultTools(), Dir: filepath.Join(dir, "cluster"), Log: os.Stdout, Gatekeeper: true})
+	say("Starting a local cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, Gatekeeper,")
+	show("", "and one node (containerd, kubelet) that runs pods from local images")
+	c, err := cluster.Start(ctx, cluster.Options{Tools: cluster.DefaultTools(), Dir: s.clusterDir(), Log: os.Stdout, Gatekeeper: true, Node: true})
 	if err != nil {
-		if c != nil {
-			fmt.Fprintln(os.Stderr, c.Logs())
-		}
 		return err
 	}
 	defer func() {
 		if err != nil {
 			fmt.Fprintln(os.Stderr, c.Logs())
 		}
-		_ = c.Stop()
+		if stopErr := c.Stop(); stopErr != nil {
+			fmt.Fprintln(os.Stderr, "demo: stopping the cluster:", stopErr)
+		}
 	}()
+	show("", fmt.Sprintf("cluster and node %s Ready in %s", cluster.NodeName, time.Since(start).Round(time.Second)))
 
 	say("Installing exec-reaper from its Helm chart (provider and two deleter replicas)")
 	inst, err := install.Setup(ctx, install.Options{Cluster: c, RepoRoot: root, Helm: helm, Log: os.Stdout})
@@ -141,18 +211,36 @@ func demo(ctx context.Context, serve bool) (err error) {
 	if err != nil {
 		return err
 	}
-	say("A team runs a Deployment in namespace %q", demoNS)
+	say("A team runs a web server: Deployment %q in namespace %q, image %s", "web", demoNS, cluster.BusyboxImage)
 	pod, err := deploy(ctx, c)
 	if err != nil {
 		return err
 	}
-	show("", "pod "+pod.Name+" (Pending: this control plane has no nodes; admission does not need one)")
+	page, err := get(ctx, pod.Status.PodIP)
+	if err != nil {
+		return err
+	}
+	show("", fmt.Sprintf("pod %s Running on %s at %s; it serves:", pod.Name, pod.Spec.NodeName, pod.Status.PodIP))
+	show("    GET / → ", page)
 
-	say("%s runs: kubectl exec -n %s %s -- sh -c 'echo hotfix >> /app/config'", demoUser, demoNS, pod.Name)
-	_, stderr, _ := c.Kubectl(ctx, kubeconfig, "exec", "-n", demoNS, pod.Name, "-c", "app", "--", "sh", "-c", "echo hotfix >> /app/config")
-	show("kubectl: ", stderr)
-	show("", "(admitted by the API server and Gatekeeper; it fails only because there is no node to run it on.")
-	show("", " kubectl drops admission warnings for exec, so exec-reaper speaks through the pod's record and Events.)")
+	cmd := fmt.Sprintf("echo '%s' > %s/index.html; cat %s/index.html", hotfix, cluster.BusyboxWebRoot, cluster.BusyboxWebRoot)
+	say("%s hot-fixes the page in the running container:", demoUser)
+	show("", fmt.Sprintf("kubectl exec -n %s %s -- sh -c %q", demoNS, pod.Name, cmd))
+	stdout, stderr, err := c.Kubectl(ctx, kubeconfig, "exec", "-n", demoNS, pod.Name, "-c", "app", "--", "sh", "-c", cmd)
+	if err != nil {
+		return fmt.Errorf("kubectl exec: %w", err)
+	}
+	show("kubectl: ", stdout)
+	if stderr != "" {
+		show("kubectl: ", stderr)
+	}
+	page, err = get(ctx, pod.Status.PodIP)
+	if err != nil {
+		return err
+	}
+	show("    GET / → ", page)
+	show("", "(the container now differs from its image. kubectl drops admission warnings for exec, so")
+	show("", " exec-reaper speaks through the pod's record and Events.)")
 
 	say("The record exec-reaper wrote on the pod")
 	var rec record.Record
@@ -169,12 +257,21 @@ func demo(ctx context.Context, serve bool) (err error) {
 	}
 	showRecord(ctx, c, pod.Name)
 
-	say("%s runs: kubectl debug -n %s %s --image=busybox -c debugger -- sh", demoUser, demoNS, pod.Name)
-	_, stderr, err = c.Kubectl(ctx, kubeconfig, "debug", "-n", demoNS, pod.Name, "--image=registry.invalid/busybox:1", "-c", "debugger", "--", "sh")
+	debugArgs := []string{"debug", "-n", demoNS, pod.Name, "--image=" + cluster.BusyboxImage, "--image-pull-policy=Never",
+		"-c", "debugger", "--target=app", "--", "sh", "-c", "cat /proc/1/root" + cluster.BusyboxWebRoot + "/index.html"}
+	say("%s looks again, with an ephemeral debug container:", demoUser)
+	show("", "kubectl "+shellJoin(debugArgs))
+	_, stderr, err = c.Kubectl(ctx, kubeconfig, debugArgs...)
 	if err != nil {
 		return fmt.Errorf("kubectl debug: %w", err)
 	}
 	show("kubectl: ", stderr)
+	var logs string
+	_ = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		logs, _, err = c.Kubectl(ctx, "", "logs", "-n", demoNS, pod.Name, "-c", "debugger")
+		return err == nil && logs != "", nil
+	})
+	show("debugger: ", logs)
 	show("", "(kubectl debug is a plain PATCH, so kubectl prints the admission warning. The second entry")
 	show("", " is recorded too, and the deadline stays where the first entry put it.)")
 	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
@@ -183,14 +280,14 @@ func demo(ctx context.Context, serve bool) (err error) {
 			return false, nil
 		}
 		r, err := record.Read(p.Labels, p.Annotations)
-		return err == nil && r.Entries == 2 && r.Deadline.Equal(rec.Deadline), nil
+		return err == nil && r.Entries >= 2 && r.Deadline.Equal(rec.Deadline), nil
 	})
 	if err != nil {
 		return fmt.Errorf("the debug entry was not recorded with the same deadline: %w", err)
 	}
 	showRecord(ctx, c, pod.Name)
 
-	say("The Events on the pod (kubectl get events -n %s), one per entry", demoNS)
+	say("The Events on the pod (kubectl get events -n %s)", demoNS)
 	var msgs []string
 	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
 		evs, err := c.Client().CoreV1().Events(demoNS).List(ctx, metav1.ListOptions{FieldSelector: "reason=" + provider.ReasonEntered})
@@ -209,73 +306,178 @@ func demo(ctx context.Context, serve bool) (err error) {
 	show("", strings.Join(msgs, "\n"))
 
 	say("Waiting for the deadline %s", rec.Deadline.Local().Format(time.TimeOnly))
-	w, err := c.Client().CoreV1().Pods(demoNS).Watch(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", pod.Name).String()})
+	end, err := waitEviction(ctx, c, pod, rec.Deadline)
 	if err != nil {
 		return err
+	}
+	show("", fmt.Sprintf("pod %s evicted %s after its deadline, through the Eviction API;", pod.Name, end.evicted.Sub(rec.Deadline).Round(time.Millisecond)))
+	show("", fmt.Sprintf("the kubelet sent SIGTERM, the container said %q and exited %d; pod gone %s after the deadline",
+		strings.TrimSpace(end.message), end.exitCode, end.gone.Sub(rec.Deadline).Round(time.Millisecond)))
+
+	repl, err := replacement(ctx, c, pod.UID)
+	if err != nil {
+		return err
+	}
+	page, err = get(ctx, repl.Status.PodIP)
+	if err != nil {
+		return err
+	}
+	readyAt := readyTime(repl)
+	show("", fmt.Sprintf("the Deployment replaced it with %s, Ready %s after the deadline, fresh from its image and with no record:",
+		repl.Name, readyAt.Sub(rec.Deadline).Round(time.Second)))
+	show("    GET / → ", page)
+	if page != cluster.BusyboxIndex {
+		return fmt.Errorf("the replacement serves %q, not the image's page", page)
+	}
+
+	say("Summary")
+	show("", fmt.Sprintf("%s hot-fixed %s/%s at %s by %s; exec-reaper recorded it on the pod, emitted an Event,",
+		rec.First.User, demoNS, pod.Name, rec.First.Time.Local().Format(time.TimeOnly), rec.First.Operation))
+	show("", fmt.Sprintf("and evicted the pod at its deadline %s (ttl %s); its replacement serves the image's page again.",
+		rec.Deadline.Local().Format(time.TimeOnly), TTL))
+	show("", fmt.Sprintf("Whole demo: %s.", time.Since(start).Round(time.Second)))
+
+	if serve {
+		say("The cluster stays up, node included. Try it yourself:")
+		fmt.Printf("    export KUBECONFIG=%s   # admin\n", c.AdminKubeconfig)
+		fmt.Printf("    kubectl --kubeconfig=%s exec -n %s deploy/web -- sh   # as %s\n", kubeconfig, demoNS, demoUser)
+		fmt.Printf("    kubectl get pods -n %s -L %s -w\n", demoNS, record.DeadlineLabel)
+		fmt.Println("    make down   # stops it")
+		// The ready file names this process, so a reader can tell it from
+		// a stale one.
+		ready := fmt.Sprintf("%d\n%s\n", os.Getpid(), c.AdminKubeconfig)
+		if err := os.WriteFile(s.readyFile(), []byte(ready), 0o644); err != nil {
+			return err
+		}
+		<-ctx.Done()
+		_ = os.Remove(s.readyFile())
+	}
+	return nil
+}
+
+// ending is how the evicted pod ended.
+type ending struct {
+	evicted, gone time.Time
+	exitCode      int32
+	message       string
+}
+
+// waitEviction counts down to the deadline and follows the pod until it is
+// deleted.
+func waitEviction(ctx context.Context, c *cluster.Cluster, pod *corev1.Pod, deadline time.Time) (ending, error) {
+	var end ending
+	w, err := c.Client().CoreV1().Pods(demoNS).Watch(ctx, metav1.ListOptions{
+		FieldSelector:   fields.OneTermEqualSelector("metadata.name", pod.Name).String(),
+		ResourceVersion: pod.ResourceVersion,
+	})
+	if err != nil {
+		return end, err
 	}
 	defer w.Stop()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	tooLate := time.NewTimer(time.Until(rec.Deadline) + 30*time.Second)
+	tooLate := time.NewTimer(time.Until(deadline) + 30*time.Second + gracePeriod*time.Second)
 	defer tooLate.Stop()
-	var evictedAt time.Time
-	for evictedAt.IsZero() {
+	for end.gone.IsZero() {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return end, ctx.Err()
 		case <-tick.C:
-			if left := int(time.Until(rec.Deadline).Round(time.Second).Seconds()); left > 0 && (left%5 == 0 || left <= 3) {
+			if left := int(time.Until(deadline).Round(time.Second).Seconds()); end.evicted.IsZero() && left > 0 && (left%5 == 0 || left <= 3) {
 				fmt.Printf("    %2ds left\n", left)
 			}
 		case ev, ok := <-w.ResultChan():
 			if !ok {
-				return errors.New("watch closed")
+				return end, errors.New("watch closed")
 			}
-			if p, _ := ev.Object.(*corev1.Pod); p != nil && (ev.Type == watch.Deleted || p.DeletionTimestamp != nil) {
-				evictedAt = time.Now()
+			p, _ := ev.Object.(*corev1.Pod)
+			if p == nil || p.UID != pod.UID {
+				continue
+			}
+			if p.DeletionTimestamp != nil && end.evicted.IsZero() {
+				end.evicted = time.Now()
+			}
+			for _, cs := range p.Status.ContainerStatuses {
+				if cs.Name == "app" && cs.State.Terminated != nil {
+					end.exitCode, end.message = cs.State.Terminated.ExitCode, cs.State.Terminated.Message
+				}
+			}
+			if ev.Type == watch.Deleted {
+				end.gone = time.Now()
 			}
 		case <-tooLate.C:
-			return errors.New("pod not evicted 30s after its deadline")
+			return end, errors.New("pod not evicted and gone 30s after its deadline")
 		}
 	}
-	show("", fmt.Sprintf("pod %s evicted %s after its deadline, through the Eviction API", pod.Name, evictedAt.Sub(rec.Deadline).Round(time.Millisecond)))
+	return end, nil
+}
 
-	var replacement string
-	_ = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+// replacement waits for the Deployment's new pod to be Ready.
+func replacement(ctx context.Context, c *cluster.Cluster, old types.UID) (*corev1.Pod, error) {
+	var repl *corev1.Pod
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
 		list, err := c.Client().CoreV1().Pods(demoNS).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
 		if err != nil {
 			return false, nil
 		}
-		for _, p := range list.Items {
-			if p.UID != pod.UID && p.DeletionTimestamp == nil {
-				replacement = p.Name
+		for i, p := range list.Items {
+			if p.UID != old && p.DeletionTimestamp == nil && !readyTime(&p).IsZero() {
+				repl = &list.Items[i]
 				return true, nil
 			}
 		}
 		return false, nil
 	})
-	if replacement != "" {
-		show("", "the Deployment replaced it with "+replacement+", fresh from its image and with no record")
+	if err != nil {
+		return nil, fmt.Errorf("no Ready replacement pod: %w", err)
 	}
+	return repl, nil
+}
 
-	say("Summary")
-	show("", fmt.Sprintf("%s entered %s/%s at %s by %s; exec-reaper recorded it on the pod, emitted an Event,",
-		rec.First.User, demoNS, pod.Name, rec.First.Time.Local().Format(time.TimeOnly), rec.First.Operation))
-	show("", fmt.Sprintf("and evicted the pod at its deadline %s (ttl %s). Whole demo: %s.",
-		rec.Deadline.Local().Format(time.TimeOnly), TTL, time.Since(start).Round(time.Second)))
-
-	if serve {
-		say("The control plane stays up. Try it yourself:")
-		fmt.Printf("    export KUBECONFIG=%s   # admin\n", c.AdminKubeconfig)
-		fmt.Printf("    kubectl --kubeconfig=%s exec -n %s deploy/web -- sh   # as %s\n", kubeconfig, demoNS, demoUser)
-		fmt.Printf("    kubectl get pods -n %s -L %s -w\n", demoNS, record.DeadlineLabel)
-		fmt.Println("    make down   # stops it")
-		if err := os.WriteFile(filepath.Join(dir, "ready"), []byte(c.AdminKubeconfig), 0o644); err != nil {
-			return err
+func readyTime(p *corev1.Pod) time.Time {
+	if p.Status.Phase != corev1.PodRunning {
+		return time.Time{}
+	}
+	for _, cond := range p.Status.Conditions {
+		if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
+			return cond.LastTransitionTime.Time
 		}
-		<-ctx.Done()
 	}
-	return nil
+	return time.Time{}
+}
+
+// get fetches the page a pod serves; the node's bridge routes the pod
+// subnet on this machine.
+func get(ctx context.Context, ip string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	url := "http://" + net.JoinHostPort(ip, strconv.Itoa(webPort)) + "/"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("GET %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// shellJoin quotes args for display as a shell command line.
+func shellJoin(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if strings.ContainsAny(a, " '\"$;|&<>*?") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
 }
 
 // showRecord prints the record's label and annotations on the pod.
@@ -307,10 +509,10 @@ func developer(ctx context.Context, c *cluster.Cluster) (string, error) {
 	_, err := rbac.ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: "developer"},
 		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods", "events"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{""}, Resources: []string{"pods", "pods/log", "events"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"get", "list"}},
-			{APIGroups: []string{""}, Resources: []string{"pods/exec", "pods/attach"}, Verbs: []string{"get", "create"}},
-			{APIGroups: []string{""}, Resources: []string{"pods/ephemeralcontainers"}, Verbs: []string{"patch"}},
+			{APIGroups: []string{""}, Resources: []string{"pods/exec", "pods/attach", "pods/portforward"}, Verbs: []string{"get", "create"}},
+			{APIGroups: []string{""}, Resources: []string{"pods/ephemeralcontainers"}, Verbs: []string{"get", "patch"}},
 		},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -327,11 +529,14 @@ func developer(ctx context.Context, c *cluster.Cluster) (string, error) {
 	return c.Kubeconfig("alice", demoUser, "dev", "system:authenticated")
 }
 
+// deploy creates the web Deployment and returns its pod once Ready.
 func deploy(ctx context.Context, c *cluster.Cluster) (*corev1.Pod, error) {
 	if _, err := c.Client().CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: demoNS}}, metav1.CreateOptions{}); err != nil {
 		return nil, err
 	}
 	labels := map[string]string{"app": "web"}
+	script := fmt.Sprintf(`trap 'echo "stopping on SIGTERM" > /dev/termination-log; exit 0' TERM; httpd -f -p %d -h %s & wait`,
+		webPort, cluster.BusyboxWebRoot)
 	d := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: demoNS},
 		Spec: appsv1.DeploymentSpec{
@@ -340,8 +545,17 @@ func deploy(ctx context.Context, c *cluster.Cluster) (*corev1.Pod, error) {
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
-					Containers:                    []corev1.Container{{Name: "app", Image: "registry.invalid/shop/web:1"}},
-					TerminationGracePeriodSeconds: ptr.To[int64](0),
+					Containers: []corev1.Container{{
+						Name: "app", Image: cluster.BusyboxImage, ImagePullPolicy: corev1.PullNever,
+						Command: []string{"sh", "-c", script},
+						Ports:   []corev1.ContainerPort{{Name: "http", ContainerPort: webPort}},
+						ReadinessProbe: &corev1.Probe{
+							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(webPort)}},
+							PeriodSeconds: 1,
+						},
+					}},
+					TerminationGracePeriodSeconds: ptr.To[int64](gracePeriod),
+					AutomountServiceAccountToken:  ptr.To(false),
 				},
 			},
 		},
@@ -350,15 +564,23 @@ func deploy(ctx context.Context, c *cluster.Cluster) (*corev1.Pod, error) {
 		return nil, err
 	}
 	var pod *corev1.Pod
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
 		list, err := c.Client().CoreV1().Pods(demoNS).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
-		if err != nil || len(list.Items) == 0 {
+		if err != nil {
 			return false, nil
 		}
-		pod = &list.Items[0]
-		return true, nil
+		for i := range list.Items {
+			if !readyTime(&list.Items[i]).IsZero() {
+				pod = &list.Items[i]
+				return true, nil
+			}
+		}
+		return false, nil
 	})
-	return pod, err
+	if err != nil {
+		return nil, fmt.Errorf("the web pod did not become Ready: %w", err)
+	}
+	return pod, nil
 }
 
 func repoRoot() (string, error) {
@@ -370,82 +592,98 @@ func repoRoot() (string, error) {
 }
 
 // startBackground runs the demo in a detached process that keeps the
-// control plane up, and returns once it is ready.
-func startBackground(ctx context.Context) error {
-	dir := stateDir()
-	_ = stopBackground()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+// cluster up, and returns once that process has written its ready file.
+// A cluster of this checkout's earlier make up is stopped first.
+func (s state) startBackground(ctx context.Context) error {
+	if pid, ok := s.running(); ok {
+		fmt.Printf("Stopping the cluster of the earlier `make up` (pid %d) first.\n", pid)
+		if err := s.stopBackground(); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		return err
+	}
+	// A ready file left by a process that died without removing it must
+	// not be taken for the new one's.
+	if err := os.Remove(s.readyFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	logPath := filepath.Join(os.TempDir(), "exec-reaper-demo.log")
-	logFile, err := os.Create(logPath)
+	logFile, err := os.Create(s.logFile())
 	if err != nil {
 		return err
 	}
+	defer logFile.Close()
 	cmd := exec.Command(self, "-serve")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	if err := os.WriteFile(pidFile(), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+	pid := cmd.Process.Pid
+	if err := os.WriteFile(s.pidFile(), []byte(strconv.Itoa(pid)), 0o644); err != nil {
 		return err
 	}
-	fmt.Printf("Starting in the background (log: %s)...\n", logPath)
+	fmt.Printf("Starting in the background (pid %d, log: %s)...\n", pid, s.logFile())
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	ready := filepath.Join(dir, "ready")
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			_ = cmd.Process.Signal(syscall.SIGTERM)
+			<-exited
 			return ctx.Err()
 		case err := <-exited:
-			b, _ := os.ReadFile(logPath)
-			return fmt.Errorf("background demo exited: %v\n%s", err, b)
+			_ = os.Remove(s.pidFile())
+			b, _ := os.ReadFile(s.logFile())
+			return fmt.Errorf("the background demo exited: %v\n%s", err, b)
 		case <-tick.C:
-			if _, err := os.Stat(ready); err == nil {
-				b, _ := os.ReadFile(logPath)
-				fmt.Print(string(b))
-				return nil
+			b, err := os.ReadFile(s.readyFile())
+			if err != nil {
+				continue
 			}
+			readyPid, kubeconfig, _ := strings.Cut(string(b), "\n")
+			if readyPid != strconv.Itoa(pid) {
+				continue // not ours
+			}
+			log, _ := os.ReadFile(s.logFile())
+			fmt.Print(string(log))
+			fmt.Printf("\nKUBECONFIG=%s\n", strings.TrimSpace(kubeconfig))
+			return nil
 		}
 	}
 }
 
-// stopBackground stops the process started by -up and waits for it to exit.
-func stopBackground() error {
-	b, err := os.ReadFile(pidFile())
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
+// stopBackground stops this checkout's background process, waits until it
+// has stopped its cluster, and removes what a crashed node left.
+func (s state) stopBackground() error {
+	if pid, ok := s.running(); ok {
+		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return err
+		}
+		// Stopping deletes the pods through the kubelet first; that takes
+		// a few seconds per pod.
+		err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 3*time.Minute, true, func(context.Context) (bool, error) {
+			return syscall.Kill(pid, 0) != nil, nil
+		})
+		if err != nil {
+			return fmt.Errorf("process %d did not stop within 3 minutes; its log: %s", pid, s.logFile())
+		}
+		fmt.Printf("Stopped the local cluster (pid %d).\n", pid)
+	} else {
+		fmt.Println("No cluster of `make up` runs for this checkout.")
 	}
-	if err != nil {
-		return err
+	_ = os.Remove(s.pidFile())
+	_ = os.Remove(s.readyFile())
+	if err := cluster.CleanupNode(os.Stdout); err != nil {
+		// Another checkout's or a test's node: not ours to stop.
+		fmt.Println("Left alone:", err)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return fmt.Errorf("bad pid file %s: %w", pidFile(), err)
-	}
-	_ = os.Remove(pidFile())
-	p, err := os.FindProcess(pid)
-	if err != nil {
-		return nil
-	}
-	if err := p.Signal(syscall.SIGTERM); err != nil {
-		return nil // already gone
-	}
-	err = wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 60*time.Second, true, func(context.Context) (bool, error) {
-		return p.Signal(syscall.Signal(0)) != nil, nil
-	})
-	if err != nil {
-		return fmt.Errorf("process %d did not stop", pid)
-	}
-	fmt.Println("Stopped the local control plane.")
 	return nil
 }

@@ -22,6 +22,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/record"
+	"github.com/exec-reaper/exec-reaper/test/cluster"
 )
 
 // Timeouts of the suite's waits.
@@ -102,16 +103,26 @@ func poll(t testing.TB, what string, timeout time.Duration, cond func(ctx contex
 
 var appLabels = map[string]string{"app": "web"}
 
+// admissionOnlyGate keeps a pod from being scheduled, so it never runs on
+// the suite's node: tests of admission alone need no container, and are
+// cheaper without one. See nodeSpec for pods that run.
+const admissionOnlyGate = "exec-reaper.test/admission-only"
+
+// appSpec is the spec of an admission-only pod: it stays Pending (its
+// scheduling gate is never removed), so kubectl exec is admitted and
+// recorded and then fails with "does not have a host assigned".
 func appSpec() corev1.PodSpec {
 	return corev1.PodSpec{
-		Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/shop/web:1"}},
+		Containers:      []corev1.Container{{Name: "app", Image: cluster.BusyboxImage, ImagePullPolicy: corev1.PullNever}},
+		SchedulingGates: []corev1.PodSchedulingGate{{Name: admissionOnlyGate}},
 		// No kubelet ever runs these pods; do not wait on a grace period.
 		TerminationGracePeriodSeconds: ptr.To[int64](0),
 	}
 }
 
-// deployment creates a one-replica Deployment and returns its Pod, which stays
-// Pending: there is no scheduler or node.
+// deployment creates a one-replica Deployment of admission-only pods (see
+// appSpec) and returns its Pod, which stays Pending. nodeDeployment makes
+// one whose pod runs.
 func deployment(t *testing.T, ns string) *corev1.Pod {
 	t.Helper()
 	ctx := context.Background()
@@ -138,7 +149,8 @@ func deployment(t *testing.T, ns string) *corev1.Pod {
 	return pod
 }
 
-// barePod creates a Pod with no controller.
+// barePod creates an admission-only Pod (see appSpec) with no controller.
+// nodePod makes one that runs.
 func barePod(t *testing.T, ns, name string, labels map[string]string) *corev1.Pod {
 	t.Helper()
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels}, Spec: appSpec()}
@@ -167,8 +179,10 @@ func kubectlExec(t *testing.T, kubeconfig string, pod *corev1.Pod, command ...st
 	return stderr
 }
 
-// noNode matches what kubectl prints when an admitted request finds no node.
-var noNode = regexp.MustCompile(`does not have a host assigned|unable to upgrade connection|no such host|connection refused`)
+// noNode matches what kubectl prints when an admitted request finds no node
+// (admission-only pods), or when the command ran and failed in a running
+// container.
+var noNode = regexp.MustCompile(`does not have a host assigned|unable to upgrade connection|no such host|connection refused|command terminated with exit code`)
 
 func assertAdmitted(t *testing.T, what, stderr string, err error) {
 	t.Helper()

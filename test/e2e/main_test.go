@@ -3,8 +3,11 @@
 // Package e2e proves exec-reaper on a real control plane: etcd,
 // kube-apiserver, kube-controller-manager, the Gatekeeper manager and kubectl,
 // all built from pinned module versions, with exec-reaper's provider and
-// deleter running as their chart ServiceAccounts. Pods need no node:
-// admission runs before the API server contacts a kubelet.
+// deleter running as their chart ServiceAccounts, and one real node
+// (kube-scheduler, containerd, kubelet) whose pods run local images. The
+// scenarios a user meets run on the node (nodePod, nodeDeployment); tests of
+// admission alone use pods that are never scheduled (barePod, deployment),
+// because admission runs before the API server contacts a kubelet.
 package e2e
 
 import (
@@ -13,9 +16,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"sigs.k8s.io/yaml"
 
 	"github.com/exec-reaper/exec-reaper/test/cluster"
 	"github.com/exec-reaper/exec-reaper/test/install"
@@ -28,6 +35,8 @@ const TTL = 5 * time.Second
 const (
 	strictNS   = "e2e-strict"
 	excludedNS = "e2e-excluded"
+	// portForwardNS has a constraint that opts in to port-forward.
+	portForwardNS = "e2e-portforward"
 )
 
 // Users of the suite.
@@ -58,7 +67,8 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	c, err = cluster.Start(ctx, cluster.Options{Tools: cluster.DefaultTools(), Dir: dir, Log: os.Stderr, Gatekeeper: true})
+	leftovers := cluster.NodeLeftovers()
+	c, err = cluster.Start(ctx, cluster.Options{Tools: cluster.DefaultTools(), Dir: dir, Log: os.Stderr, Gatekeeper: true, Node: true})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "starting control plane: %v\n", err)
 		if c != nil {
@@ -66,9 +76,24 @@ func run(m *testing.M) int {
 		}
 		return 1
 	}
-	defer c.Stop()
-	fmt.Fprintf(os.Stderr, "control plane with Gatekeeper up in %s\n", time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(os.Stderr, "control plane with Gatekeeper and a node up in %s\n", time.Since(start).Round(time.Millisecond))
+	code := runSuite(ctx, m, start)
+	stopAt := time.Now()
+	if err := c.Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "stopping the cluster: %v\n", err)
+		code = 1
+	}
+	fmt.Fprintf(os.Stderr, "cluster stopped in %s\n", time.Since(stopAt).Round(time.Millisecond))
+	// The node must leave the machine as it found it.
+	if after := cluster.NodeLeftovers(); !slices.Equal(leftovers, after) {
+		fmt.Fprintf(os.Stderr, "the node left the machine changed:\n  before: %q\n  after:  %q\n", leftovers, after)
+		code = 1
+	}
+	return code
+}
 
+// runSuite installs exec-reaper and runs the tests.
+func runSuite(ctx context.Context, m *testing.M, start time.Time) int {
 	if err := setup(ctx); err != nil {
 		fmt.Fprintf(os.Stderr, "installing exec-reaper: %v\n%s\n", err, c.Logs())
 		return 1
@@ -106,9 +131,45 @@ func setup(ctx context.Context) error {
 		return err
 	}
 	ttl := fmt.Sprintf("%q", TTL.String())
-	return inst.ApplyPolicies(ctx, "templates/exec-reaper/template.yaml", map[string]string{
-		"constraints/default.yaml": `{"spec":{"match":{"excludedNamespaces":["kube-system","gatekeeper-system","` + strictNS + `","` + excludedNS + `"]},` +
+	if err := inst.ApplyPolicies(ctx, "templates/exec-reaper/template.yaml", map[string]string{
+		"constraints/default.yaml": `{"spec":{"match":{"excludedNamespaces":["kube-system","gatekeeper-system","` + strictNS + `","` + excludedNS + `","` + portForwardNS + `"]},` +
 			`"parameters":{"ttl":` + ttl + `,"exemptUsers":["` + breakglass + `"],"exemptGroups":["` + oncall + `"]}}}`,
 		"constraints/strict.yaml": `{"spec":{"match":{"namespaces":["` + strictNS + `"]},"parameters":{"ttl":` + ttl + `}}}`,
-	})
+	}); err != nil {
+		return err
+	}
+	return applyPortForwardConstraint(ctx, ttl)
+}
+
+// applyPortForwardConstraint applies a copy of the default constraint that
+// opts in to port-forward, in portForwardNS only.
+func applyPortForwardConstraint(ctx context.Context, ttl string) error {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(root, "constraints/default.yaml"))
+	if err != nil {
+		return err
+	}
+	var obj map[string]any
+	if err := yaml.Unmarshal(b, &obj); err != nil {
+		return err
+	}
+	obj["metadata"] = map[string]any{"name": "exec-reaper-portforward"}
+	spec := obj["spec"].(map[string]any)
+	spec["match"].(map[string]any)["namespaces"] = []string{portForwardNS}
+	delete(spec["match"].(map[string]any), "excludedNamespaces")
+	params := spec["parameters"].(map[string]any)
+	params["portForward"] = true
+	params["ttl"] = strings.Trim(ttl, `"`)
+	out, err := yaml.Marshal(obj)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(c.Dir, "portforward-constraint.yaml")
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		return err
+	}
+	return c.ApplyFile(ctx, "", path)
 }

@@ -5,6 +5,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -18,17 +20,28 @@ import (
 	"github.com/exec-reaper/exec-reaper/deleter"
 	"github.com/exec-reaper/exec-reaper/provider"
 	"github.com/exec-reaper/exec-reaper/record"
+	"github.com/exec-reaper/exec-reaper/test/cluster"
 )
 
-// Scenario 1: kubectl exec as a normal user into a Deployment's pod.
+// Scenario 1: kubectl exec as a normal user into a Deployment's pod on the
+// node: the command runs and changes the container; exec-reaper records it,
+// and at the deadline the pod stops gracefully; the ReplicaSet's
+// replacement runs from the image, without the change.
 func TestExecIsRecordedAndEvicted(t *testing.T) {
 	ns := namespace(t, "e2e-exec")
-	pod := deployment(t, ns)
-	gone := watchGone(t, pod)
+	pod := &nodeDeployment(t, ns, "web", 1, appLabels)[0]
+	ended := watchTermination(t, pod)
 
 	evictedBefore := evictions(t, "evicted")
 	before := time.Now().Truncate(time.Second)
-	kubectlExec(t, aliceKubeconfig, pod, "sh", "-c", "echo drift > /etc/motd")
+	const hotfix = "echo drift > /www/index.html; cat /www/index.html"
+	out := kubectlOK(t, aliceKubeconfig, "exec", "-n", ns, pod.Name, "-c", "app", "--", "sh", "-c", hotfix)
+	if out != "drift\n" {
+		t.Errorf("kubectl exec printed %q, want the command's output %q", out, "drift\n")
+	}
+	if got := httpGet(t, pod); got != "drift\n" {
+		t.Errorf("the exec'd pod serves %q, want the file the exec wrote", got)
+	}
 	rec := waitRecord(t, pod)
 
 	if rec.PodUID != pod.UID {
@@ -36,7 +49,7 @@ func TestExecIsRecordedAndEvicted(t *testing.T) {
 	}
 	e := rec.First
 	if e.User != alice || !slices.Contains(e.Groups, "dev") || e.Operation != record.OpExec || e.Container != "app" ||
-		!slices.Equal(e.Command, []string{"sh", "-c", "echo drift > /etc/motd"}) {
+		!slices.Equal(e.Command, []string{"sh", "-c", hotfix}) {
 		t.Errorf("entry = %+v", e)
 	}
 	if e.Time.Before(before) || e.Time.After(time.Now()) {
@@ -47,8 +60,8 @@ func TestExecIsRecordedAndEvicted(t *testing.T) {
 	if want := e.Time.Add(TTL); !rec.Deadline.Equal(want) && !rec.Deadline.Equal(want.Add(time.Second)) {
 		t.Errorf("deadline %s, want entry time + ttl = %s (rounded up to the second)", rec.Deadline, want)
 	}
-	// One kubectl exec reaches admission twice (WebSocket, then SPDY): one
-	// entry, one Event.
+	// Against a real kubelet one kubectl exec is one admission (WebSocket
+	// is agreed at once): one entry, one Event.
 	if rec.Entries != 1 {
 		t.Errorf("entries = %d, want 1", rec.Entries)
 	}
@@ -57,8 +70,28 @@ func TestExecIsRecordedAndEvicted(t *testing.T) {
 		t.Errorf("event message %q lacks the user or the deadline", ev.Message)
 	}
 
-	assertEvictedOnTime(t, gone, rec.Deadline)
+	tm, ok := ended(time.Until(rec.Deadline) + evictionTimeout + nodeGracePeriod*time.Second)
+	if !ok || tm.MarkedAt.IsZero() {
+		t.Fatalf("pod not evicted and gone by %s", rec.Deadline.Add(evictionTimeout))
+	}
+	lag := tm.MarkedAt.Sub(rec.Deadline)
+	if lag < 0 || lag > evictionSlack {
+		t.Errorf("pod evicted %s after its deadline, want within [0, %s]", lag, evictionSlack)
+	}
+	assertGraceful(t, tm)
 	waitEvents(t, pod, deleter.ReasonEvicted, 1)
+
+	repl := waitReadyPods(t, ns, appLabels, 1, map[string]bool{string(pod.UID): true})[0]
+	readyAt := readyTime(&repl)
+	t.Logf("deadline → evicted %s, → gone %s, → replacement %s Ready %s",
+		lag.Round(time.Millisecond), tm.GoneAt.Sub(rec.Deadline).Round(time.Millisecond), repl.Name,
+		readyAt.Sub(rec.Deadline).Round(time.Second))
+	if got := httpGet(t, &repl); got != cluster.BusyboxIndex {
+		t.Errorf("the replacement serves %q, want the image's %q: the exec's change survived", got, cluster.BusyboxIndex)
+	}
+	if _, err := record.Read(repl.Labels, repl.Annotations); err == nil {
+		t.Errorf("the replacement %s carries a record", repl.Name)
+	}
 	// Two replicas run; the metrics of both together show one eviction.
 	poll(t, "the eviction counted", recordTimeout, func(context.Context) (bool, error) {
 		return evictions(t, "evicted") > evictedBefore, nil
@@ -68,37 +101,172 @@ func TestExecIsRecordedAndEvicted(t *testing.T) {
 	}
 }
 
-// Scenario 2: kubectl attach and kubectl debug.
+// Scenario 2: kubectl attach reaches the container's process, and kubectl
+// debug runs an ephemeral container; both are recorded and evicted.
 func TestAttachAndDebugAreRecordedAndEvicted(t *testing.T) {
 	ns := namespace(t, "e2e-attach-debug")
 	t.Run("attach", func(t *testing.T) {
-		pod := barePod(t, ns, "attached", appLabels)
-		gone := watchGone(t, pod)
-		_, stderr, err := kubectl(t, aliceKubeconfig, "attach", "-n", ns, pod.Name, "-c", "app")
-		assertAdmitted(t, "attach", stderr, err)
+		spec := nodeSpec()
+		// The shell reads what attach sends and answers on stdout; httpd
+		// keeps the pod Ready.
+		spec.Containers[0].Command = []string{"sh", "-c", fmt.Sprintf(
+			`trap 'echo %q > /dev/termination-log; exit 0' TERM; httpd -p %d -h %s; while read line; do echo "got: $line"; done; sleep 3600 & wait`,
+			gracefulMessage, webPort, cluster.BusyboxWebRoot)}
+		pod := nodePod(t, ns, "attached", appLabels, &spec)
+		ended := watchTermination(t, pod)
+		stdout, stderr, err := kubectlStdin(t, aliceKubeconfig, "hello from attach\n", "attach", "-i", "-n", ns, pod.Name, "-c", "app")
+		t.Logf("kubectl attach: err %v, stdout %q, stderr %q", err, stdout, stderr)
+		if !strings.Contains(stdout, "got: hello from attach") {
+			t.Errorf("kubectl attach did not reach the process: stdout %q, stderr %q, %v", stdout, stderr, err)
+		}
 		rec := waitRecord(t, pod)
 		if rec.First.Operation != record.OpAttach || rec.First.Container != "app" || len(rec.First.Command) != 0 {
 			t.Errorf("entry = %+v", rec.First)
 		}
+		t.Logf("one kubectl attach: %d entries", rec.Entries)
+		if rec.Entries != 1 {
+			t.Errorf("entries = %d, want 1 (one admission per attach against a real kubelet)", rec.Entries)
+		}
 		waitEvents(t, pod, provider.ReasonEntered, 1)
-		assertEvictedOnTime(t, gone, rec.Deadline)
+		tm, ok := ended(time.Until(rec.Deadline) + evictionTimeout + nodeGracePeriod*time.Second)
+		if !ok {
+			t.Fatal("attached pod not evicted")
+		}
+		if lag := tm.MarkedAt.Sub(rec.Deadline); lag < 0 || lag > evictionSlack {
+			t.Errorf("evicted %s after the deadline", lag)
+		}
+		assertGraceful(t, tm)
 	})
 	t.Run("debug", func(t *testing.T) {
-		pod := barePod(t, ns, "debugged", appLabels)
-		gone := watchGone(t, pod)
-		_, stderr, err := kubectl(t, aliceKubeconfig, "debug", "-n", ns, pod.Name, "--image=registry.invalid/busybox:1",
-			"-c", "debugger", "--target=app", "--", "sh", "-c", "id")
+		pod := nodePod(t, ns, "debugged", appLabels, nil)
+		ended := watchTermination(t, pod)
+		_, stderr, err := kubectl(t, aliceKubeconfig, "debug", "-n", ns, pod.Name, "--image="+cluster.BusyboxImage,
+			"--image-pull-policy=Never", "-c", "debugger", "--target=app", "--", "sh", "-c", "id -u; ls /proc/1/root/www")
 		if err != nil {
 			t.Fatalf("kubectl debug: %v\n%s", err, stderr)
 		}
 		rec := waitRecord(t, pod)
 		if rec.First.Operation != record.OpDebug || rec.First.Container != "debugger" ||
-			!slices.Equal(rec.First.Command, []string{"sh", "-c", "id"}) {
+			!slices.Equal(rec.First.Command, []string{"sh", "-c", "id -u; ls /proc/1/root/www"}) {
 			t.Errorf("entry = %+v", rec.First)
 		}
+		// The ephemeral container really ran, in the app's process
+		// namespace (--target): it sees the app's files through /proc/1.
+		var logs string
+		poll(t, "the ephemeral container's output", nodePodTimeout, func(ctx context.Context) (bool, error) {
+			out, _, err := c.Kubectl(ctx, "", "logs", "-n", ns, pod.Name, "-c", "debugger")
+			logs = out
+			return err == nil && strings.Contains(out, "index.html"), nil
+		})
+		if logs != "0\nindex.html\n" {
+			t.Errorf("the debug container printed %q, want uid 0 and the app's index.html", logs)
+		}
 		waitEvents(t, pod, provider.ReasonEntered, 1)
-		assertEvictedOnTime(t, gone, rec.Deadline)
+		tm, ok := ended(time.Until(rec.Deadline) + evictionTimeout + nodeGracePeriod*time.Second)
+		if !ok {
+			t.Fatal("debugged pod not evicted")
+		}
+		if lag := tm.MarkedAt.Sub(rec.Deadline); lag < 0 || lag > evictionSlack {
+			t.Errorf("evicted %s after the deadline", lag)
+		}
+		assertGraceful(t, tm)
 	})
+}
+
+// Scenario 2b: kubectl cp into and out of a running pod.
+func TestCopyInAndOut(t *testing.T) {
+	ns := namespace(t, "e2e-cp")
+	pod := nodePod(t, ns, "copied", appLabels, nil)
+	ended := watchTermination(t, pod)
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.txt")
+	if err := os.WriteFile(in, []byte("copied in\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// kubectl cp resolves relative local paths; run it on absolute ones.
+	kubectlOK(t, aliceKubeconfig, "cp", "-c", "app", in, ns+"/"+pod.Name+":/www/in.txt")
+	if got := httpGetURL(t, podURL(t, pod, "/in.txt")); got != "copied in\n" {
+		t.Errorf("the pod serves %q after kubectl cp in", got)
+	}
+	afterIn := waitRecord(t, pod)
+	out := filepath.Join(dir, "out.txt")
+	kubectlOK(t, aliceKubeconfig, "cp", "-c", "app", ns+"/"+pod.Name+":/www/index.html", out)
+	b, err := os.ReadFile(out)
+	if err != nil || string(b) != cluster.BusyboxIndex {
+		t.Errorf("kubectl cp out wrote %q (%v), want the pod's index.html", b, err)
+	}
+	var rec record.Record
+	poll(t, "the copy out recorded", recordTimeout, func(context.Context) (bool, error) {
+		rec = waitRecord(t, pod)
+		return rec.Entries > afterIn.Entries, nil
+	})
+	t.Logf("kubectl cp in: %d entries; cp out: %d more", afterIn.Entries, rec.Entries-afterIn.Entries)
+	// cp in is two execs (test -d, then tar -x), cp out one (tar -c).
+	if afterIn.Entries != 2 || rec.Entries != 3 {
+		t.Errorf("entries after cp in = %d, after cp out = %d; want 2 and 3", afterIn.Entries, rec.Entries)
+	}
+	if rec.First.Operation != record.OpExec || !slices.Contains(rec.Last.Command, "tar") {
+		t.Errorf("record = %+v", rec)
+	}
+	if !rec.Deadline.Equal(afterIn.Deadline) {
+		t.Errorf("the copy out moved the deadline from %s to %s", afterIn.Deadline, rec.Deadline)
+	}
+	tm, ok := ended(time.Until(rec.Deadline) + evictionTimeout + nodeGracePeriod*time.Second)
+	if !ok {
+		t.Fatal("copied pod not evicted")
+	}
+	if lag := tm.MarkedAt.Sub(rec.Deadline); lag < 0 || lag > evictionSlack {
+		t.Errorf("evicted %s after the deadline", lag)
+	}
+	assertGraceful(t, tm)
+}
+
+// podURL is the URL of path on pod's web server.
+func podURL(t *testing.T, pod *corev1.Pod, path string) string {
+	t.Helper()
+	p, err := c.Client().CoreV1().Pods(pod.Namespace).Get(context.Background(), pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("http://%s:%d%s", p.Status.PodIP, webPort, path)
+}
+
+// Scenario 2c: kubectl port-forward carries a request, and is recorded
+// where the constraint opts in (portForward: true).
+func TestPortForwardOptIn(t *testing.T) {
+	ns := namespace(t, portForwardNS)
+	pod := nodePod(t, ns, "forwarded", appLabels, nil)
+	ended := watchTermination(t, pod)
+	port := portForward(t, aliceKubeconfig, pod)
+	if got := httpGetURL(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); got != cluster.BusyboxIndex {
+		t.Errorf("GET through kubectl port-forward = %q, want the pod's page", got)
+	}
+	rec := waitRecord(t, pod)
+	if rec.First.Operation != record.OpPortForward || rec.First.User != alice {
+		t.Errorf("entry = %+v", rec.First)
+	}
+	t.Logf("one kubectl port-forward with one request: %d entries", rec.Entries)
+	tm, ok := ended(time.Until(rec.Deadline) + evictionTimeout + nodeGracePeriod*time.Second)
+	if !ok {
+		t.Fatal("forwarded pod not evicted")
+	}
+	if lag := tm.MarkedAt.Sub(rec.Deadline); lag < 0 || lag > evictionSlack {
+		t.Errorf("evicted %s after the deadline", lag)
+	}
+	assertGraceful(t, tm)
+
+	// Without the opt-in (the default constraint), port-forward works and
+	// is not recorded.
+	plain := namespace(t, "e2e-portforward-default")
+	other := nodePod(t, plain, "not-recorded", appLabels, nil)
+	port = portForward(t, aliceKubeconfig, other)
+	if got := httpGetURL(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); got != cluster.BusyboxIndex {
+		t.Errorf("GET through kubectl port-forward = %q", got)
+	}
+	sentinel := barePod(t, plain, "sentinel", appLabels)
+	kubectlExec(t, aliceKubeconfig, sentinel, "true")
+	waitRecord(t, sentinel)
+	assertNoRecord(t, other)
 }
 
 // Scenario 3: exempt user, exempt group and excluded namespace.
@@ -219,20 +387,16 @@ func TestRecreatedPodIsNotEvicted(t *testing.T) {
 	}
 }
 
-// Scenario 6: a PodDisruptionBudget that refuses the eviction.
+// Scenario 6: a PodDisruptionBudget with real readiness. One Ready replica
+// and minAvailable 1: the eviction is refused at the deadline. Scaling the
+// Deployment up gives a second pod that becomes Ready through its readiness
+// probe; only then does the budget allow the eviction, and the deleter's
+// retry evicts the pod.
 func TestPodDisruptionBudgetHolds(t *testing.T) {
 	ns := namespace(t, "e2e-pdb")
 	ctx := context.Background()
 	labels := map[string]string{"app": "guarded"}
-	pod := barePod(t, ns, "guarded", labels)
-	// Make the pod Running and Ready, as a kubelet would; a PDB only counts
-	// healthy pods, and a Pending pod may always be evicted.
-	pod.Status.Phase = corev1.PodRunning
-	pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: metav1.Now()}}
-	pod, err := c.Client().CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pod := &nodeDeployment(t, ns, "guarded", 1, labels)[0]
 	pdb := &policyv1.PodDisruptionBudget{
 		ObjectMeta: metav1.ObjectMeta{Name: "guard", Namespace: ns},
 		Spec: policyv1.PodDisruptionBudgetSpec{
@@ -247,9 +411,9 @@ func TestPodDisruptionBudgetHolds(t *testing.T) {
 		p, err := c.Client().PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "guard", metav1.GetOptions{})
 		return err == nil && p.Status.ObservedGeneration == p.Generation && p.Status.CurrentHealthy == 1, nil
 	})
-	gone := watchGone(t, pod)
+	ended := watchTermination(t, pod)
 
-	kubectlExec(t, aliceKubeconfig, pod, "true")
+	kubectlOK(t, aliceKubeconfig, "exec", "-n", ns, pod.Name, "-c", "app", "--", "true")
 	rec := waitRecord(t, pod)
 	evs := waitEventsAtLeast(t, pod, deleter.ReasonEvictionRefused, time.Until(rec.Deadline)+evictionTimeout)
 	if !strings.Contains(evs[0].Message, "disruption budget") {
@@ -259,16 +423,26 @@ func TestPodDisruptionBudgetHolds(t *testing.T) {
 		t.Fatalf("pod evicted despite its PodDisruptionBudget: %v", err)
 	}
 
-	allowedAt := time.Now()
-	if _, _, err := kubectl(t, "", "patch", "pdb", "guard", "-n", ns, "--type=merge", "-p", `{"spec":{"minAvailable":0}}`); err != nil {
+	// A second replica, Ready only after its probe passes.
+	if _, _, err := kubectl(t, "", "scale", "deployment/guarded", "-n", ns, "--replicas=2"); err != nil {
 		t.Fatal(err)
 	}
-	at, ok := gone(evictionTimeout)
-	if !ok {
-		t.Fatal("pod not evicted once its PodDisruptionBudget allowed it")
+	second := waitReadyPods(t, ns, labels, 1, map[string]bool{string(pod.UID): true})[0]
+	secondReady := readyTime(&second)
+	tm, ok := ended(evictionTimeout + nodeGracePeriod*time.Second)
+	if !ok || tm.MarkedAt.IsZero() {
+		t.Fatal("pod not evicted once a second replica was Ready and the budget allowed it")
 	}
-	t.Logf("evicted %s after the budget allowed it", at.Sub(allowedAt).Round(time.Millisecond))
+	// Ready times have whole seconds.
+	if tm.MarkedAt.Before(secondReady.Truncate(time.Second)) {
+		t.Errorf("evicted at %s, before the second replica was Ready at %s", tm.MarkedAt, secondReady)
+	}
+	t.Logf("evicted %s after the second replica was Ready (the deleter retries at most every second here)",
+		tm.MarkedAt.Sub(secondReady).Round(time.Millisecond))
+	assertGraceful(t, tm)
 	waitEvents(t, pod, deleter.ReasonEvicted, 1)
+	// The Deployment is back to two Ready replicas, the evicted one replaced.
+	waitReadyPods(t, ns, labels, 2, map[string]bool{string(pod.UID): true})
 }
 
 func ptrIntStr(v intstr.IntOrString) *intstr.IntOrString { return &v }
@@ -340,7 +514,7 @@ func deleterName(n int) string { return fmt.Sprintf("exec-reaper-deleter-%d", n)
 func TestWhatUsersSee(t *testing.T) {
 	ns := namespace(t, "e2e-ux")
 	pod := barePod(t, ns, "visible", appLabels)
-	_, stderr, err := kubectl(t, aliceKubeconfig, "debug", "-n", ns, pod.Name, "--image=registry.invalid/busybox:1", "-c", "dbg", "--", "sh")
+	_, stderr, err := kubectl(t, aliceKubeconfig, "debug", "-n", ns, pod.Name, "--image="+cluster.BusyboxImage, "--image-pull-policy=Never", "-c", "dbg", "--", "sh")
 	if err != nil {
 		t.Fatalf("kubectl debug: %v", err)
 	}
@@ -372,7 +546,7 @@ func TestProviderDown(t *testing.T) {
 	pod := barePod(t, ns, "open", appLabels)
 	kubectlExec(t, aliceKubeconfig, pod, "true")
 	assertNoRecord(t, pod)
-	_, stderr, err := kubectl(t, aliceKubeconfig, "debug", "-n", ns, pod.Name, "--image=registry.invalid/busybox:1", "-c", "dbg", "--", "sh")
+	_, stderr, err := kubectl(t, aliceKubeconfig, "debug", "-n", ns, pod.Name, "--image="+cluster.BusyboxImage, "--image-pull-policy=Never", "-c", "dbg", "--", "sh")
 	if err != nil {
 		t.Fatalf("kubectl debug with the provider down: %v", err)
 	}
