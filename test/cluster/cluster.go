@@ -306,8 +306,8 @@ func (c *Cluster) pki(name string) string { return filepath.Join(c.Dir, "pki", n
 
 func (c *Cluster) bin(name string) string { return filepath.Join(c.tools.KubeDir, name) }
 
-// writePKI creates the cluster CA, the API server's serving certificate and
-// the service-account key pair.
+// writePKI creates the cluster CA, the API server's serving and
+// kubelet-client certificates and the service-account key pair.
 func (c *Cluster) writePKI() error {
 	ca, err := pki.NewCA("exec-reaper-test-cluster-ca")
 	if err != nil {
@@ -327,6 +327,18 @@ func (c *Cluster) writePKI() error {
 		return err
 	}
 	if err := writeFile(c.pki("apiserver.key"), serving.KeyPEM); err != nil {
+		return err
+	}
+	// The API server's client certificate towards kubelets, as in real
+	// clusters (used only with a node).
+	client, err := ca.Client("kube-apiserver-kubelet-client", "system:masters")
+	if err != nil {
+		return err
+	}
+	if err := writeFile(c.pki("apiserver-kubelet-client.crt"), client.CertPEM); err != nil {
+		return err
+	}
+	if err := writeFile(c.pki("apiserver-kubelet-client.key"), client.KeyPEM); err != nil {
 		return err
 	}
 	return writeRSAKeyPair(c.pki("sa.key"), c.pki("sa.pub"))

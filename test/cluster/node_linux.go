@@ -216,18 +216,7 @@ func (c *Cluster) startNodePrep(ctx context.Context) error {
 	if err := writeFile(c.pki("kubelet.crt"), serving.CertPEM); err != nil {
 		return err
 	}
-	if err := writeFile(c.pki("kubelet.key"), serving.KeyPEM); err != nil {
-		return err
-	}
-	// The API server's client certificate towards kubelets.
-	client, err := c.ca.Client("kube-apiserver-kubelet-client", "system:masters")
-	if err != nil {
-		return err
-	}
-	if err := writeFile(c.pki("apiserver-kubelet-client.crt"), client.CertPEM); err != nil {
-		return err
-	}
-	return writeFile(c.pki("apiserver-kubelet-client.key"), client.KeyPEM)
+	return writeFile(c.pki("kubelet.key"), serving.KeyPEM)
 }
 
 // startNode starts kube-scheduler, containerd and the kubelet, imports the

@@ -162,3 +162,39 @@ func TestNodeCleanupAfterCrash(t *testing.T) {
 	}
 	assertNoLeftovers(t, before)
 }
+
+// TestCleanupNodeAfterDeadRun plays a run that died without Stop (as after
+// SIGKILL of the test binary): its node's processes die or are orphaned,
+// its lock is released, its state file stays. CleanupNode, as make down and
+// the next Start run it, must remove everything from the state file alone.
+func TestCleanupNodeAfterDeadRun(t *testing.T) {
+	c, before := startNodeCluster(t)
+	runningPod(t, c, "node-dead", "orphan")
+	for _, p := range []*Process{c.node.kubelet, c.node.containerd} {
+		if err := syscall.Kill(-p.Pid(), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		<-p.Done()
+	}
+	// The dead run's lock goes with its process; its Stop never runs.
+	c.node.lock.Close()
+	c.node.lock = nil
+	c.node.recorded = false
+	if err := CleanupNode(testWriter{t}); err != nil {
+		t.Fatalf("CleanupNode: %v", err)
+	}
+	_ = c.Stop() // the control plane; the node part has nothing left to do
+	assertNoLeftovers(t, before)
+}
+
+// TestCleanupNodeRefusesWhileANodeRuns checks that make down cannot clean
+// up under a running node.
+func TestCleanupNodeRefusesWhileANodeRuns(t *testing.T) {
+	c, _ := startNodeCluster(t)
+	if err := CleanupNode(testWriter{t}); err == nil || !strings.Contains(err.Error(), "a node is running") {
+		t.Errorf("CleanupNode while a node runs = %v, want a refusal", err)
+	}
+	if _, err := c.Client().CoreV1().Nodes().Get(t.Context(), NodeName, metav1.GetOptions{}); err != nil {
+		t.Errorf("the node is gone after a refused CleanupNode: %v", err)
+	}
+}
