@@ -40,7 +40,7 @@ const (
 	// PodSubnet is the pods' private network, behind the bridge PodBridge.
 	PodSubnet = "10.88.77.0/24"
 	// PodBridge is the Linux bridge the CNI bridge plugin creates.
-	PodBridge = "xr-cni0"
+	PodBridge  = "xr-cni0"
 	cniNetwork = "exec-reaper"
 
 	// kubeletPort is the kubelet's HTTPS port (exec, attach, port-forward,
