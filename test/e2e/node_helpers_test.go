@@ -174,18 +174,45 @@ func kubectlOK(t *testing.T, kubeconfig string, args ...string) string {
 	return stdout
 }
 
-// kubectlStdin runs kubectl with stdin and returns its stdout and stderr.
-func kubectlStdin(t *testing.T, kubeconfig, stdin string, args ...string) (string, string, error) {
+// kubectlAttach runs kubectl attach -i to pod's app container as
+// kubeconfig, sends line, and returns what kubectl printed once want
+// appears on its stdout (or when it exits). Stdin stays open until then:
+// kubectl ends the session as soon as its stdin closes.
+func kubectlAttach(t *testing.T, kubeconfig string, pod *corev1.Pod, line, want string) (stdout, stderr string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(cluster.DefaultTools().KubeDir, "kubectl"), append([]string{"--kubeconfig=" + kubeconfig}, args...)...)
+	cmd := exec.CommandContext(ctx, filepath.Join(cluster.DefaultTools().KubeDir, "kubectl"), "--kubeconfig="+kubeconfig,
+		"attach", "-i", "-n", pod.Namespace, pod.Name, "-c", "app")
 	cmd.Env = []string{"HOME=" + t.TempDir(), "PATH=/usr/bin:/bin"}
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errOut strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	return out.String(), errOut.String(), err
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outPipe, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errOut strings.Builder
+	cmd.Stderr = &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(in, line+"\n"); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	s := bufio.NewScanner(outPipe)
+	for s.Scan() {
+		out.WriteString(s.Text() + "\n")
+		if strings.Contains(s.Text(), want) {
+			break
+		}
+	}
+	in.Close()
+	cancel()
+	_ = cmd.Wait()
+	return out.String(), errOut.String()
 }
 
 // httpGet fetches http://<pod IP>:webPort/ from the test process: the

@@ -114,10 +114,9 @@ func TestAttachAndDebugAreRecordedAndEvicted(t *testing.T) {
 			gracefulMessage, webPort, cluster.BusyboxWebRoot)}
 		pod := nodePod(t, ns, "attached", appLabels, &spec)
 		ended := watchTermination(t, pod)
-		stdout, stderr, err := kubectlStdin(t, aliceKubeconfig, "hello from attach\n", "attach", "-i", "-n", ns, pod.Name, "-c", "app")
-		t.Logf("kubectl attach: err %v, stdout %q, stderr %q", err, stdout, stderr)
+		stdout, stderr := kubectlAttach(t, aliceKubeconfig, pod, "hello from attach", "got: hello from attach")
 		if !strings.Contains(stdout, "got: hello from attach") {
-			t.Errorf("kubectl attach did not reach the process: stdout %q, stderr %q, %v", stdout, stderr, err)
+			t.Errorf("kubectl attach did not reach the process: stdout %q, stderr %q", stdout, stderr)
 		}
 		rec := waitRecord(t, pod)
 		if rec.First.Operation != record.OpAttach || rec.First.Container != "app" || len(rec.First.Command) != 0 {
