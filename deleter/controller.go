@@ -103,6 +103,13 @@ type Controller struct {
 	// held remembers pods already told that the guard is missing.
 	held  sync.Map // types.UID → struct{}
 	guard *guard
+	// evicted remembers pods evicted successfully until they are deleted.
+	// A pod stops gracefully for up to its grace period, and updates queued
+	// meanwhile (the kubelet's status, readiness) can reach sync before the
+	// informer shows the deletionTimestamp; the Eviction API answers success
+	// for a pod already terminating, so without this the pod would be
+	// evicted, and reported, twice.
+	evicted sync.Map // types.UID → struct{}
 }
 
 // NewController returns a controller fed by informer, which must list only
@@ -136,6 +143,7 @@ func NewController(client kubernetes.Interface, informer coreinformers.PodInform
 			if pod, ok := obj.(*corev1.Pod); ok {
 				c.announced.Delete(pod.UID)
 				c.held.Delete(pod.UID)
+				c.evicted.Delete(pod.UID)
 			}
 		},
 	})
@@ -270,6 +278,9 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (time.Durat
 		evictionsTotal.WithLabelValues("other_pod").Inc()
 		return 0, nil
 	}
+	if _, done := c.evicted.Load(uid); done {
+		return 0, nil // evicted; the informer has not seen it terminate yet
+	}
 	if left := deadline.Sub(c.clock.Now()); left > 0 {
 		log.V(2).Info("Waiting for deadline", "deadline", deadline, "in", left)
 		return left, nil
@@ -308,6 +319,7 @@ func (c *Controller) evict(ctx context.Context, pod *corev1.Pod, uid types.UID, 
 	})
 	switch {
 	case err == nil:
+		c.evicted.Store(uid, struct{}{})
 		lag := c.clock.Since(deadline)
 		evictionsTotal.WithLabelValues("evicted").Inc()
 		evictionLag.Observe(lag.Seconds())

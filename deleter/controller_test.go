@@ -821,3 +821,24 @@ func TestInformerCachesOnlyRecordedPodsStripped(t *testing.T) {
 		t.Errorf("%s = %v, want 1", recordedMetric, got)
 	}
 }
+
+// TestEvictsOncePerPodWhileItTerminates: after a successful eviction the pod
+// still exists for its grace period, and updates to it (the kubelet's status)
+// may reach the controller before the informer shows its deletionTimestamp.
+// Found on a real node: the pod was evicted, and reported, twice.
+func TestEvictsOncePerPodWhileItTerminates(t *testing.T) {
+	const uid = types.UID("uid-web")
+	h := newHarness(t, deleter.Options{}, recordedPod("web", uid, epoch.Add(-time.Second)))
+	h.start()
+	eventually(t, "the eviction", func() bool { return len(h.evictions("web")) > 0 })
+	// The fake's eviction leaves the pod as it was, without a
+	// deletionTimestamp: as the lister sees it right after a real one.
+	h.update("web", func(p *corev1.Pod) { p.Annotations["example.com/status"] = "terminating" })
+	h.drain()
+	if got := h.evictions("web"); len(got) != 1 {
+		t.Errorf("evictions = %v, want one", got)
+	}
+	if got := h.events.about("web", deleter.ReasonEvicted); len(got) != 1 {
+		t.Errorf("Evicted events = %+v, want one", got)
+	}
+}
