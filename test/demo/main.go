@@ -98,8 +98,9 @@ func run(ctx context.Context, up, down, serve bool) error {
 		return demo(ctx, s, root, true)
 	default:
 		if pid, ok := s.running(); ok {
-			return fmt.Errorf("the cluster of `make up` runs (pid %d, state %s); `make demo` would need its node. "+
-				"Run `make down` first, or use the running cluster (KUBECONFIG in %s)", pid, s.dir, s.readyFile())
+			return fmt.Errorf("the cluster of `make up` runs (pid %d, state %s), and `make demo` would need its node. "+
+				"Run `make down` first, or use the running cluster: export KUBECONFIG=%s",
+				pid, s.dir, filepath.Join(s.clusterDir(), "kubeconfigs", "admin.kubeconfig"))
 		}
 		return demo(ctx, s, root, false)
 	}
