@@ -552,9 +552,10 @@ func (c *Cluster) drainPods() error {
 		}
 		left = left[:0]
 		for _, p := range pods.Items {
-			if p.Spec.NodeName == "" {
-				// Never scheduled, so nothing runs; only the API object is
-				// left, and it goes with etcd.
+			if p.Spec.NodeName != NodeName {
+				// Not on this node (never scheduled, or bound to a Node
+				// object without a kubelet): nothing runs; only the API
+				// object is left, and it goes with etcd.
 				continue
 			}
 			left = append(left, p.Namespace+"/"+p.Name)
