@@ -103,20 +103,22 @@ func poll(t testing.TB, what string, timeout time.Duration, cond func(ctx contex
 
 var appLabels = map[string]string{"app": "web"}
 
-// admissionOnlyLabel is a node label no node has: a pod that selects it is
-// never scheduled, so it never runs on the suite's node. Tests of admission
-// alone need no container, and are cheaper without one. See nodeSpec for
-// pods that run. (A node selector rather than a scheduling gate, so a test
-// may still bind such a pod to a node of its own with spec.nodeName.)
-const admissionOnlyLabel = "exec-reaper.test/admission-only"
+// admissionOnlyScheduler is a scheduler that does not exist: the suite's
+// kube-scheduler leaves such pods alone (no binding, no status writes), so
+// they never run on the suite's node. Tests of admission alone need no
+// container, and are cheaper without one. See nodeSpec for pods that run.
+// (A scheduler name rather than a scheduling gate or a node selector: a
+// test may still bind such a pod itself with spec.nodeName, and may write
+// its status without racing the scheduler.)
+const admissionOnlyScheduler = "exec-reaper.test/admission-only"
 
 // appSpec is the spec of an admission-only pod: it stays Pending, so
 // kubectl exec is admitted and recorded and then fails with "does not have
 // a host assigned".
 func appSpec() corev1.PodSpec {
 	return corev1.PodSpec{
-		Containers:   []corev1.Container{{Name: "app", Image: cluster.BusyboxImage, ImagePullPolicy: corev1.PullNever}},
-		NodeSelector: map[string]string{admissionOnlyLabel: "true"},
+		Containers:    []corev1.Container{{Name: "app", Image: cluster.BusyboxImage, ImagePullPolicy: corev1.PullNever}},
+		SchedulerName: admissionOnlyScheduler,
 		// No kubelet ever runs these pods; do not wait on a grace period.
 		TerminationGracePeriodSeconds: ptr.To[int64](0),
 	}
