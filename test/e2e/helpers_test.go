@@ -127,6 +127,8 @@ func appSpec() corev1.PodSpec {
 // deployment creates a one-replica Deployment of admission-only pods (see
 // appSpec) and returns its Pod, which stays Pending. nodeDeployment makes
 // one whose pod runs.
+//
+//lint:ignore U1000 a helper for admission-only tests; the scenarios now use nodeDeployment.
 func deployment(t *testing.T, ns string) *corev1.Pod {
 	t.Helper()
 	ctx := context.Background()
