@@ -35,6 +35,7 @@ func TestExecIsRecordedAndEvicted(t *testing.T) {
 	evictedBefore := evictions(t, "evicted")
 	before := time.Now().Truncate(time.Second)
 	const hotfix = "echo drift > /www/index.html; cat /www/index.html"
+	callsBefore := externalDataCalls(t)
 	out := kubectlOK(t, aliceKubeconfig, "exec", "-n", ns, pod.Name, "-c", "app", "--", "sh", "-c", hotfix)
 	if out != "drift\n" {
 		t.Errorf("kubectl exec printed %q, want the command's output %q", out, "drift\n")
@@ -43,6 +44,10 @@ func TestExecIsRecordedAndEvicted(t *testing.T) {
 		t.Errorf("the exec'd pod serves %q, want the file the exec wrote", got)
 	}
 	rec := waitRecord(t, pod)
+	// Gatekeeper's own count: one admission, so one call to the provider.
+	if calls := externalDataCalls(t) - callsBefore; calls != 1 {
+		t.Errorf("one kubectl exec made %v external-data calls, want 1", calls)
+	}
 
 	if rec.PodUID != pod.UID {
 		t.Errorf("record bound to %s, want pod UID %s", rec.PodUID, pod.UID)
@@ -116,6 +121,7 @@ func TestAttachAndDebugAreRecordedAndEvicted(t *testing.T) {
 			gracefulMessage, webPort, cluster.BusyboxWebRoot)}
 		pod := nodePod(t, ns, "attached", appLabels, &spec)
 		ended := watchTermination(t, pod)
+		callsBefore := externalDataCalls(t)
 		stdout, stderr := kubectlAttach(t, aliceKubeconfig, pod, "hello from attach", "got: hello from attach")
 		if !strings.Contains(stdout, "got: hello from attach") {
 			t.Errorf("kubectl attach did not reach the process: stdout %q, stderr %q", stdout, stderr)
@@ -124,7 +130,7 @@ func TestAttachAndDebugAreRecordedAndEvicted(t *testing.T) {
 		if rec.First.Operation != record.OpAttach || rec.First.Container != "app" || len(rec.First.Command) != 0 {
 			t.Errorf("entry = %+v", rec.First)
 		}
-		t.Logf("one kubectl attach: %d entries", rec.Entries)
+		t.Logf("one kubectl attach: %d entries, %v external-data calls", rec.Entries, externalDataCalls(t)-callsBefore)
 		if rec.Entries != 1 {
 			t.Errorf("entries = %d, want 1 (one admission per attach against a real kubelet)", rec.Entries)
 		}
@@ -141,6 +147,7 @@ func TestAttachAndDebugAreRecordedAndEvicted(t *testing.T) {
 	t.Run("debug", func(t *testing.T) {
 		pod := nodePod(t, ns, "debugged", appLabels, nil)
 		ended := watchTermination(t, pod)
+		callsBefore := externalDataCalls(t)
 		_, stderr, err := kubectl(t, aliceKubeconfig, "debug", "-n", ns, pod.Name, "--image="+cluster.BusyboxImage,
 			"--image-pull-policy=Never", "-c", "debugger", "--target=app", "--", "sh", "-c", "id -u; ls /proc/1/root/www")
 		if err != nil {
@@ -163,6 +170,7 @@ func TestAttachAndDebugAreRecordedAndEvicted(t *testing.T) {
 			t.Errorf("the debug container printed %q, want uid 0 and the app's index.html", logs)
 		}
 		waitEvents(t, pod, provider.ReasonEntered, 1)
+		t.Logf("one kubectl debug: %d entries, %v external-data calls", rec.Entries, externalDataCalls(t)-callsBefore)
 		tm, ok := ended(time.Until(rec.Deadline) + evictionTimeout + nodeGracePeriod*time.Second)
 		if !ok {
 			t.Fatal("debugged pod not evicted")
@@ -184,12 +192,14 @@ func TestCopyInAndOut(t *testing.T) {
 	if err := os.WriteFile(in, []byte("copied in\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	callsBefore := externalDataCalls(t)
 	// kubectl cp resolves relative local paths; run it on absolute ones.
 	kubectlOK(t, aliceKubeconfig, "cp", "-c", "app", in, ns+"/"+pod.Name+":/www/in.txt")
 	if got := httpGetURL(t, podURL(t, pod, "/in.txt")); got != "copied in\n" {
 		t.Errorf("the pod serves %q after kubectl cp in", got)
 	}
 	afterIn := waitRecord(t, pod)
+	callsIn := externalDataCalls(t) - callsBefore
 	out := filepath.Join(dir, "out.txt")
 	kubectlOK(t, aliceKubeconfig, "cp", "-c", "app", ns+"/"+pod.Name+":/www/index.html", out)
 	b, err := os.ReadFile(out)
@@ -201,7 +211,8 @@ func TestCopyInAndOut(t *testing.T) {
 		rec = waitRecord(t, pod)
 		return rec.Entries > afterIn.Entries, nil
 	})
-	t.Logf("kubectl cp in: %d entries; cp out: %d more", afterIn.Entries, rec.Entries-afterIn.Entries)
+	t.Logf("kubectl cp in: %d entries, %v external-data calls; cp out: %d more entries, %v more calls",
+		afterIn.Entries, callsIn, rec.Entries-afterIn.Entries, externalDataCalls(t)-callsBefore-callsIn)
 	// cp in is two execs (test -d, then tar -x), cp out one (tar -c).
 	if afterIn.Entries != 2 || rec.Entries != 3 {
 		t.Errorf("entries after cp in = %d, after cp out = %d; want 2 and 3", afterIn.Entries, rec.Entries)
@@ -238,6 +249,7 @@ func TestPortForwardOptIn(t *testing.T) {
 	ns := namespace(t, portForwardNS)
 	pod := nodePod(t, ns, "forwarded", appLabels, nil)
 	ended := watchTermination(t, pod)
+	callsBefore := externalDataCalls(t)
 	port := portForward(t, aliceKubeconfig, pod)
 	if got := httpGetURL(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); got != cluster.BusyboxIndex {
 		t.Errorf("GET through kubectl port-forward = %q, want the pod's page", got)
@@ -246,7 +258,7 @@ func TestPortForwardOptIn(t *testing.T) {
 	if rec.First.Operation != record.OpPortForward || rec.First.User != alice {
 		t.Errorf("entry = %+v", rec.First)
 	}
-	t.Logf("one kubectl port-forward with one request: %d entries", rec.Entries)
+	t.Logf("one kubectl port-forward with one request: %d entries, %v external-data calls", rec.Entries, externalDataCalls(t)-callsBefore)
 	tm, ok := ended(time.Until(rec.Deadline) + evictionTimeout + nodeGracePeriod*time.Second)
 	if !ok {
 		t.Fatal("forwarded pod not evicted")
