@@ -968,7 +968,7 @@ func TestPolicies(t *testing.T) {
 		want := constraintParams{
 			EnforcementAction: "warn",
 			Excluded:          []string{"kube-system", "gatekeeper-system"},
-			Params: map[string]any{"ttl": "1h", "mode": "enforce", "failurePolicy": "Ignore", "notice": true, "portForward": false,
+			Params: map[string]any{"ttl": "1h", "mode": "enforce", "failurePolicy": "Ignore", "notice": true, "portForward": false, "recordCommand": "program",
 				"exemptUsers": []any{}, "exemptGroups": []any{}, "provider": "exec-reaper"},
 			Hook: hook,
 		}
@@ -1010,7 +1010,7 @@ func TestPolicies(t *testing.T) {
 			Excluded:          []string{"kube-system", "monitoring", "gatekeeper-system"},
 			// notice: true (the default) is dropped: with deny it would
 			// refuse every entry.
-			Params: map[string]any{"ttl": "30m", "mode": "enforce", "failurePolicy": "Fail", "notice": false, "portForward": true,
+			Params: map[string]any{"ttl": "30m", "mode": "enforce", "failurePolicy": "Fail", "notice": false, "portForward": true, "recordCommand": "program",
 				"exemptUsers": []any{"alice@example.com", "system:admin"}, "exemptGroups": []any{"sre"}, "provider": "reaper-provider"},
 			Hook: hook,
 		}

@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/exec-reaper/exec-reaper/provider"
+	"github.com/exec-reaper/exec-reaper/record"
 )
 
 // Bounds of key contract v2: the provider's (provider/key.go);
@@ -389,7 +390,8 @@ func oddStrings() []string {
 
 func TestKeyBounded(t *testing.T) {
 	e := newRegoEval(t, recorded)
-	params := map[string]any{"ttl": "1h", "failurePolicy": "Fail"}
+	// The whole command, bounded; TestRecordCommand covers the other modes.
+	params := map[string]any{"ttl": "1h", "failurePolicy": "Fail", "recordCommand": "full"}
 	mb := strings.Repeat("\x01<é", 1<<20/4)
 	huge := make([]string, 1000)
 	for i := range huge {
@@ -480,7 +482,7 @@ func TestKeyProperties(t *testing.T) {
 		en := entry{user: "u" + str(), groups: strs(60), container: str(), command: strs(60), debug: rnd.IntN(4) == 0}
 		trial := rnd.IntN(2) == 0
 		mode := map[bool]string{true: "trial", false: "enforce"}[trial]
-		_, keys := e.eval(t, en.review(), map[string]any{"ttl": "10m", "mode": mode})
+		_, keys := e.eval(t, en.review(), map[string]any{"ttl": "10m", "mode": mode, "recordCommand": "full"})
 		if len(keys) != 1 {
 			t.Fatalf("case %d: %d keys", i, len(keys))
 		}
@@ -501,7 +503,7 @@ func FuzzKey(f *testing.F) {
 			en.groups = append(en.groups, group)
 			en.command = append(en.command, arg)
 		}
-		_, keys := e.eval(t, en.review(), map[string]any{"ttl": "1h"})
+		_, keys := e.eval(t, en.review(), map[string]any{"ttl": "1h", "recordCommand": "full"})
 		if len(keys) != 1 {
 			t.Fatalf("%d keys", len(keys))
 		}
@@ -635,5 +637,57 @@ func TestChartTTLPatternIsTheTemplates(t *testing.T) {
 	}
 	if got, want := schema.Properties.Policies.Properties.TTL.Pattern, ttlPattern(t).String(); got != want {
 		t.Errorf("values.schema.json policies.ttl pattern\n %q\nwant the template's\n %q", got, want)
+	}
+}
+
+// TestRecordCommand: recordCommand decides how much of a command reaches the
+// provider (and so the pod and its Event): by default only the program, with
+// the digest of the whole, so that a password on a command line is never
+// published to the namespace's readers.
+func TestRecordCommand(t *testing.T) {
+	e := newRegoEval(t, recorded)
+	whole := []string{"mysql", "-uroot", "-pS3cr3t!", "shop"}
+	digest := record.Digest(whole)
+	for _, tc := range []struct {
+		mode        any // nil: the default
+		wantCommand []string
+		wantDigest  bool
+	}{
+		{nil, []string{"mysql"}, true},
+		{"program", []string{"mysql"}, true},
+		{"full", whole, false},
+		{"digest", []string{}, true},
+	} {
+		t.Run(fmt.Sprint(tc.mode), func(t *testing.T) {
+			params := map[string]any{"ttl": "1h", "failurePolicy": "Fail"}
+			if tc.mode != nil {
+				params["recordCommand"] = tc.mode
+			}
+			msgs, keys := e.eval(t, entry{user: "alice", command: whole}.review(), params)
+			if len(msgs) != 0 || len(keys) != 1 {
+				t.Fatalf("violations %q, keys %d; want none and one", msgs, len(keys))
+			}
+			var k struct {
+				Command   []string          `json:"command"`
+				Truncated []string          `json:"truncated"`
+				Digests   map[string]string `json:"digests"`
+			}
+			if err := json.Unmarshal([]byte(strings.TrimPrefix(keys[0], "v2:")), &k); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(k.Command, tc.wantCommand) {
+				t.Errorf("command %q, want %q", k.Command, tc.wantCommand)
+			}
+			if strings.Contains(keys[0], "S3cr3t") != !tc.wantDigest {
+				t.Errorf("key carries the password: %v, want %v", strings.Contains(keys[0], "S3cr3t"), !tc.wantDigest)
+			}
+			if tc.wantDigest && (k.Digests["command"] != digest || !slices.Contains(k.Truncated, "command")) {
+				t.Errorf("truncated %v, digests %v; want command marked with digest %s", k.Truncated, k.Digests, digest)
+			}
+		})
+	}
+	msgs, keys := e.eval(t, entry{user: "alice", command: whole}.review(), map[string]any{"ttl": "1h", "failurePolicy": "Fail", "recordCommand": "some"})
+	if len(keys) != 0 || len(msgs) != 1 || !strings.Contains(msgs[0], "misconfigured") || !strings.Contains(msgs[0], "recordCommand") {
+		t.Errorf("recordCommand \"some\": messages %q, keys %d; want one configuration error and no call", msgs, len(keys))
 	}
 }

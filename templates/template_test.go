@@ -206,7 +206,7 @@ func debugger(name string, command ...string) corev1.EphemeralContainer {
 	}
 }
 
-var warnParams = map[string]any{"ttl": "10m", "notice": true, "exemptUsers": []any{"breakglass"}, "exemptGroups": []any{"system:masters"}}
+var warnParams = map[string]any{"ttl": "10m", "notice": true, "exemptUsers": []any{"breakglass"}, "exemptGroups": []any{"system:masters"}, "recordCommand": "full"}
 
 func TestRecordsEntries(t *testing.T) {
 	tests := []struct {
@@ -447,7 +447,7 @@ func TestUnusualUsernames(t *testing.T) {
 func TestUnquotableCharactersRecorded(t *testing.T) {
 	for _, arg := range []string{"echo \x7f", "echo \U000E0001", "\U0010FFFF"} {
 		t.Run(fmt.Sprintf("%q", arg), func(t *testing.T) {
-			p := newPolicy(t, "deny", map[string]any{"ttl": "10m", "failurePolicy": "Fail"})
+			p := newPolicy(t, "deny", map[string]any{"ttl": "10m", "failurePolicy": "Fail", "recordCommand": "full"})
 			req := connect(t, "exec", "PodExecOptions", alice, map[string]any{"container": "app", "command": []string{"sh", "-c", arg}})
 			if results := p.review(req); len(results) != 0 {
 				t.Fatalf("got %v, want the exec allowed, recorded", results)
