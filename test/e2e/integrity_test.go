@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -157,6 +158,12 @@ func grant(t *testing.T, ns, user string, rules ...rbacv1.PolicyRule) {
 // so that it carries a record the real provider wrote.
 func recordedPod(t *testing.T, ns, name string) (*corev1.Pod, record.Record) {
 	t.Helper()
+	return recordedPodRunning(t, ns, name, "true")
+}
+
+// recordedPodRunning is recordedPod, entered with command.
+func recordedPodRunning(t *testing.T, ns, name string, command ...string) (*corev1.Pod, record.Record) {
+	t.Helper()
 	ctx := context.Background()
 	_, err := c.Client().CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: guardNode}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
@@ -171,7 +178,7 @@ func recordedPod(t *testing.T, ns, name string) (*corev1.Pod, record.Record) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, stderr, err := kubectl(t, aliceKubeconfig, "exec", "-n", ns, name, "-c", "app", "--", "true")
+	_, stderr, err := kubectl(t, aliceKubeconfig, append([]string{"exec", "-n", ns, name, "-c", "app", "--"}, command...)...)
 	if err != nil && strings.Contains(stderr, "denied") {
 		t.Fatalf("exec was denied: %s", stderr)
 	}
@@ -380,4 +387,33 @@ func TestGuardLetsExtendersExtend(t *testing.T) {
 		t.Fatalf("an extender could not lift the record: %v", err)
 	}
 	assertNoRecord(t, pod)
+}
+
+// TestPasswordsNotPublished: with the shipped recordCommand (program), a
+// password on a command line reaches neither the pod's record nor its Event,
+// which every reader of the namespace sees; the record keeps the program and
+// the digest of the whole command instead.
+func TestPasswordsNotPublished(t *testing.T) {
+	ns := longNamespace(t, "secrets")
+	pod, _ := recordedPodRunning(t, ns, "db-client", "mysql", "-uroot", "-pS3cr3t!", "shop")
+	rec := waitRecord(t, pod)
+	whole := []string{"mysql", "-uroot", "-pS3cr3t!", "shop"}
+	e := rec.First
+	if !slices.Equal(e.Command, []string{"mysql"}) || e.Digests["command"] != record.Digest(whole) || !slices.Contains(e.Truncated, "command") {
+		t.Fatalf("entry command %q truncated %v digests %v; want [mysql], command marked, digest %s", e.Command, e.Truncated, e.Digests, record.Digest(whole))
+	}
+	p, err := c.Client().CoreV1().Pods(ns).Get(context.Background(), pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range p.Annotations {
+		if strings.Contains(v, "S3cr3t") {
+			t.Errorf("annotation %s publishes the password: %s", k, v)
+		}
+	}
+	for _, ev := range waitEvents(t, pod, "ExecReaperEntered", 1) {
+		if strings.Contains(ev.Message, "S3cr3t") {
+			t.Errorf("Event publishes the password: %s", ev.Message)
+		}
+	}
 }

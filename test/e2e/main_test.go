@@ -133,8 +133,8 @@ func setup(ctx context.Context) error {
 	ttl := fmt.Sprintf("%q", TTL.String())
 	if err := inst.ApplyPolicies(ctx, "templates/exec-reaper/template.yaml", map[string]string{
 		"constraints/default.yaml": `{"spec":{"match":{"excludedNamespaces":["kube-system","gatekeeper-system","` + strictNS + `","` + excludedNS + `","` + portForwardNS + `"]},` +
-			`"parameters":{"ttl":` + ttl + `,"exemptUsers":["` + breakglass + `"],"exemptGroups":["` + oncall + `"]}}}`,
-		"constraints/strict.yaml": `{"spec":{"match":{"namespaces":["` + strictNS + `"]},"parameters":{"ttl":` + ttl + `}}}`,
+			`"parameters":{"ttl":` + ttl + `,"exemptUsers":["` + breakglass + `"],"exemptGroups":["` + oncall + `"],"recordCommand":"full"}}}`,
+		"constraints/strict.yaml": `{"spec":{"match":{"namespaces":["` + strictNS + `"]},"parameters":{"ttl":` + ttl + `,"recordCommand":"full"}}}`,
 	}); err != nil {
 		return err
 	}
