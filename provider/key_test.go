@@ -40,25 +40,18 @@ func v1Fields() map[string]any {
 // keyV1With is keyWith for a v1 key.
 func keyV1With(t testing.TB, change map[string]any) string {
 	t.Helper()
-	f := v1Fields()
-	for k, v := range change {
-		if v == nil {
-			delete(f, k)
-		} else {
-			f[k] = v
-		}
-	}
-	b, err := json.Marshal(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return KeyVersionV1 + string(b)
+	return KeyVersionV1 + changed(t, v1Fields(), change)
 }
 
 // keyWith returns a valid key changed by change; a nil value deletes a field.
 func keyWith(t testing.TB, change map[string]any) string {
 	t.Helper()
-	f := keyFields()
+	return KeyVersion + changed(t, keyFields(), change)
+}
+
+// changed applies change to fields (a nil value deletes one) and encodes them.
+func changed(t testing.TB, f, change map[string]any) string {
+	t.Helper()
 	for k, v := range change {
 		if v == nil {
 			delete(f, k)
@@ -70,7 +63,7 @@ func keyWith(t testing.TB, change map[string]any) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return KeyVersion + string(b)
+	return string(b)
 }
 
 var validRequest = Request{
