@@ -25,9 +25,13 @@ var (
 		Name: "exec_reaper_provider_cert_reloads_total",
 		Help: "Reloads of the serving certificate and client CA, by result.",
 	}, []string{"result"})
+	clientCAsTrusted = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "exec_reaper_provider_client_cas",
+		Help: "Gatekeeper CAs the provider trusts: current (in the CA file) and retired (left it, trusted for --client-ca-grace).",
+	}, []string{"state"})
 )
 
 // Register adds the provider's metrics to reg.
 func Register(reg prometheus.Registerer) {
-	reg.MustRegister(requestDuration, recordDuration, recordsTotal, eventsTotal, certReloadsTotal)
+	reg.MustRegister(requestDuration, recordDuration, recordsTotal, eventsTotal, certReloadsTotal, clientCAsTrusted)
 }

@@ -5,6 +5,7 @@ package provider
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	stdlog "log"
@@ -12,11 +13,13 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
@@ -29,7 +32,9 @@ import (
 // spec.url ends with it.
 const Path = "/v1/record"
 
-// Config configures the provider. Zero fields take the defaults in Default.
+// Config configures the provider. Zero fields take the defaults in Default,
+// except DrainDelay and ClientCAGrace, for which zero is a choice: they take
+// theirs from DefaultConfig.
 type Config struct {
 	// Addr is the HTTPS listen address for Gatekeeper.
 	Addr string
@@ -40,6 +45,13 @@ type Config struct {
 	// ClientCAFile holds the CA that signs Gatekeeper's client certificate
 	// (Gatekeeper's ca.crt), PEM.
 	ClientCAFile string
+	// ClientCAGrace is how long a CA that left ClientCAFile stays trusted:
+	// Gatekeeper's pods present the old CA's certificate until their copy of
+	// the Secret and their certificate watcher catch up (a minute or two),
+	// while the provider sees the change at once. The price: a CA replaced
+	// because it was compromised stays trusted that long. Zero trusts only
+	// the current file.
+	ClientCAGrace time.Duration
 	// CertReloadInterval is how often the three files are checked for change.
 	CertReloadInterval time.Duration
 	// RecordTimeout bounds the work for one request. Keep it below the
@@ -47,7 +59,13 @@ type Config struct {
 	RecordTimeout time.Duration
 	// EventQueue is how many Events may wait to be written.
 	EventQueue int
-	// ShutdownTimeout bounds the wait for in-flight requests on shutdown.
+	// DrainDelay is how long the provider keeps serving after SIGTERM, with
+	// /readyz failing and keep-alives off, before it closes its listener: the
+	// time the Service's endpoints take to drop it, during which Gatekeeper
+	// may still be sent here. Zero closes the listener at once.
+	DrainDelay time.Duration
+	// ShutdownTimeout bounds the wait for in-flight requests once the
+	// listener is closed. Keep it above RecordTimeout.
 	ShutdownTimeout time.Duration
 	// ClientCASecret, when set ("namespace/name"), is the Secret holding
 	// Gatekeeper's CA under ca.crt (Gatekeeper's gatekeeper-webhook-server-cert);
@@ -56,6 +74,24 @@ type Config struct {
 	// Rotation, when set, has cert-controller issue and rotate the serving
 	// certificate; it is mirrored to CertFile and KeyFile on every change.
 	Rotation *Rotation
+}
+
+// Defaults of the durations for which zero is a choice.
+const (
+	// DefaultDrainDelay covers the propagation of a Service's endpoints to
+	// every node, a few seconds in most clusters.
+	DefaultDrainDelay = 10 * time.Second
+	// DefaultClientCAGrace covers the kubelet's refresh of Gatekeeper's
+	// mounted Secret (about a minute, up to two) and Gatekeeper's certificate
+	// watcher (10 s), with room for a slow Gatekeeper rollout.
+	DefaultClientCAGrace = 10 * time.Minute
+)
+
+// DefaultConfig returns a Config with every default set.
+func DefaultConfig() Config {
+	c := Config{DrainDelay: DefaultDrainDelay, ClientCAGrace: DefaultClientCAGrace}
+	c.Default()
+	return c
 }
 
 // Default fills unset fields.
@@ -97,6 +133,13 @@ func (c *Config) Validate() error {
 	if c.RecordTimeout <= 0 || c.CertReloadInterval <= 0 {
 		return errors.New("timeouts and intervals must be positive")
 	}
+	if c.DrainDelay < 0 || c.ClientCAGrace < 0 {
+		return errors.New("the drain delay and the client CA grace may not be negative")
+	}
+	if c.ShutdownTimeout <= c.RecordTimeout {
+		return fmt.Errorf("the shutdown timeout (%s) must exceed the record timeout (%s), or a drain cuts off requests it should finish",
+			c.ShutdownTimeout, c.RecordTimeout)
+	}
 	if c.ClientCASecret != "" {
 		if _, _, err := splitRef(c.ClientCASecret); err != nil {
 			return fmt.Errorf("client CA secret: %w", err)
@@ -122,8 +165,8 @@ func splitRef(ref string) (namespace, name string, err error) {
 	return namespace, name, nil
 }
 
-// Run serves until ctx is done, then shuts down gracefully. It returns nil on
-// a clean shutdown.
+// Run serves until ctx is done, then drains (Config.DrainDelay) and shuts
+// down gracefully. It returns nil on a clean shutdown.
 func Run(ctx context.Context, cfg Config, restCfg *rest.Config, reg *prometheus.Registry) error {
 	cfg.Default()
 	if err := cfg.Validate(); err != nil {
@@ -133,19 +176,75 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, reg *prometheus.
 	if err != nil {
 		return err
 	}
+	d := deps{client: client}
+	if r := cfg.Rotation; r != nil {
+		dyn, err := dynamic.NewForConfig(restCfg)
+		if err != nil {
+			return err
+		}
+		d.providers = NewProviderWatch(dyn, r.ProviderName)
+		d.rotator = func(ctx context.Context) error { return runRotator(ctx, restCfg, *r, cfg.CertFile, cfg.KeyFile) }
+	}
+	return run(ctx, cfg, d, reg)
+}
+
+// deps are what run needs from outside: clients, and listeners for tests.
+type deps struct {
+	client     kubernetes.Interface
+	providers  *ProviderWatch              // nil: readiness does not look at the Provider object
+	rotator    func(context.Context) error // nil: no certificate rotation
+	api, probe net.Listener                // nil: listen on Config.Addr and ProbeAddr
+}
+
+// run is Run after its clients are built. Its parts stop in order: on ctx,
+// the API server drains and stops; only then do the rest (Events still
+// queued, certificate loops, probes) stop. A part that fails starts the
+// same sequence.
+func run(ctx context.Context, cfg Config, d deps, reg *prometheus.Registry) error {
 	log := klog.FromContext(ctx)
-	certs := NewCerts(cfg.CertFile, cfg.KeyFile, cfg.ClientCAFile)
+	var err error
+	if d.api == nil {
+		if d.api, err = net.Listen("tcp", cfg.Addr); err != nil {
+			return fmt.Errorf("listening for Gatekeeper: %w", err)
+		}
+	}
+	if d.probe == nil {
+		if d.probe, err = net.Listen("tcp", cfg.ProbeAddr); err != nil {
+			d.api.Close()
+			return fmt.Errorf("listening for probes: %w", err)
+		}
+	}
+	certs := NewCerts(cfg.CertFile, cfg.KeyFile, cfg.ClientCAFile, WithClientCAGrace(cfg.ClientCAGrace))
 	if _, err := certs.Reload(); err != nil {
 		// Not fatal: the certificates may not be issued yet. /readyz says so.
 		log.Info("Certificates not loaded yet; waiting", "err", err.Error())
 	}
-	reload := func() { certs.reloadAndReport(ctx) }
 	Register(reg)
-	events := NewEventSink(client, cfg.EventQueue)
-	handler := NewHandler(NewRecorder(client, clock.RealClock{}, events), cfg.RecordTimeout)
+	events := NewEventSink(d.client, cfg.EventQueue)
+	handler := NewHandler(NewRecorder(d.client, clock.RealClock{}, events), cfg.RecordTimeout)
+
+	// stop ends serving: the caller's signal, or a part that failed. bg
+	// runs everything else, and ends only after the API server has stopped.
+	stop, cancelStop := context.WithCancel(ctx)
+	defer cancelStop()
+	bg, cancelBg := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelBg()
+	reload := func() { certs.reloadAndReport(bg) }
+	var draining atomic.Bool
+	ready := func(*http.Request) error {
+		if draining.Load() {
+			return errors.New("shutting down: draining")
+		}
+		if err := certs.Ready(); err != nil {
+			return err
+		}
+		if d.providers != nil {
+			return d.providers.Trusts(certs.Serving(), cfg.Rotation.DNSName)
+		}
+		return nil
+	}
 
 	api := &http.Server{
-		Addr:    cfg.Addr,
 		Handler: NewRouter(handler),
 		// Timeouts stop slow or idle clients from holding connections open
 		// (slowloris); Gatekeeper itself gives up after the Provider's timeout.
@@ -154,30 +253,59 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, reg *prometheus.
 		WriteTimeout:      10 * time.Second,
 		IdleTimeout:       90 * time.Second,
 		TLSConfig:         certs.TLSConfig(),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-		ErrorLog:          errorLog(log),
+		// HTTP/1.1 only (see Certs.TLSConfig).
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ErrorLog:     errorLog(log),
 	}
-	probes := serve.Probes(cfg.ProbeAddr, reg, nil, func(*http.Request) error { return certs.Ready() })
+	probes := serve.Probes("", reg, nil, ready)
 
-	g, gctx := errgroup.WithContext(ctx)
+	var g errgroup.Group
+	part := func(name string, f func(context.Context) error) {
+		g.Go(func() error {
+			err := f(bg)
+			if err != nil {
+				cancelStop()
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			return nil
+		})
+	}
 	if cfg.ClientCASecret != "" {
 		ns, name, _ := splitRef(cfg.ClientCASecret)
-		sync := NewSecretSync(client, ns, name, map[string]string{"ca.crt": cfg.ClientCAFile}, reload)
-		g.Go(func() error { sync.Run(gctx); return nil })
+		sync := NewSecretSync(d.client, ns, name, map[string]string{"ca.crt": cfg.ClientCAFile}, reload)
+		part("Gatekeeper's CA", func(ctx context.Context) error { sync.Run(ctx); return nil })
 	}
 	if r := cfg.Rotation; r != nil {
 		ns, name, _ := splitRef(r.Secret)
-		sync := NewSecretSync(client, ns, name,
+		sync := NewSecretSync(d.client, ns, name,
 			// cert-controller names the Secret's keys after the files.
 			map[string]string{filepath.Base(cfg.CertFile): cfg.CertFile, filepath.Base(cfg.KeyFile): cfg.KeyFile}, reload)
-		g.Go(func() error { sync.Run(gctx); return nil })
-		g.Go(func() error { return runRotator(gctx, restCfg, *r, cfg.CertFile, cfg.KeyFile) })
+		part("serving certificate", func(ctx context.Context) error { sync.Run(ctx); return nil })
 	}
-	g.Go(func() error { certs.Run(gctx, cfg.CertReloadInterval); return nil })
-	g.Go(func() error { events.Run(gctx); return nil })
-	g.Go(func() error { return serve.Run(gctx, api, cfg.ShutdownTimeout) })
-	g.Go(func() error { return serve.Run(gctx, probes, cfg.ShutdownTimeout) })
-	log.Info("Serving", "addr", cfg.Addr, "path", Path, "probeAddr", cfg.ProbeAddr)
+	if d.rotator != nil {
+		part("certificate rotation", d.rotator)
+	}
+	if d.providers != nil {
+		part("Provider watch", func(ctx context.Context) error { d.providers.Run(ctx); return nil })
+	}
+	part("certificate reload", func(ctx context.Context) error { certs.Run(ctx, cfg.CertReloadInterval); return nil })
+	part("events", func(ctx context.Context) error { events.Run(ctx); return nil })
+	part("probes", func(ctx context.Context) error {
+		return serve.Serve(ctx, probes, d.probe, serve.Drain{Timeout: time.Second})
+	})
+	g.Go(func() error {
+		defer cancelBg()
+		err := serve.Serve(stop, api, d.api, serve.Drain{
+			Delay: cfg.DrainDelay, Timeout: cfg.ShutdownTimeout,
+			OnDrain: func() { draining.Store(true) },
+		})
+		if err != nil {
+			return fmt.Errorf("serving Gatekeeper: %w", err)
+		}
+		return nil
+	})
+	log.Info("Serving", "addr", d.api.Addr().String(), "path", Path, "probeAddr", d.probe.Addr().String(),
+		"drainDelay", cfg.DrainDelay, "clientCAGrace", cfg.ClientCAGrace)
 	return g.Wait()
 }
 

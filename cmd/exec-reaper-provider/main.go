@@ -13,14 +13,14 @@ import (
 
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/exec-reaper/exec-reaper/internal/serve"
 	"github.com/exec-reaper/exec-reaper/provider"
 )
 
 func main() {
-	var cfg provider.Config
-	cfg.Default() // the flags' defaults are the config's
+	cfg := provider.DefaultConfig() // the flags' defaults are the config's
 	rot := provider.Rotation{ProviderName: "exec-reaper"}
 	var kubeconfig string
 	var qps float64
@@ -35,10 +35,12 @@ func main() {
 	fs.StringVar(&cfg.CertFile, "tls-cert-file", cfg.CertFile, "Serving certificate (PEM), reloaded when it changes.")
 	fs.StringVar(&cfg.KeyFile, "tls-key-file", cfg.KeyFile, "Serving key (PEM), reloaded when it changes.")
 	fs.StringVar(&cfg.ClientCAFile, "client-ca-file", cfg.ClientCAFile, "CA that signs Gatekeeper's client certificate (PEM), reloaded when it changes.")
+	fs.DurationVar(&cfg.ClientCAGrace, "client-ca-grace", cfg.ClientCAGrace, "How long a Gatekeeper CA stays trusted after it left --client-ca-file, while Gatekeeper's pods still present its certificate. A CA replaced because it was compromised stays trusted that long: 0 trusts only the current one.")
 	fs.DurationVar(&cfg.CertReloadInterval, "cert-reload-interval", cfg.CertReloadInterval, "How often to check the certificate files for change.")
 	fs.DurationVar(&cfg.RecordTimeout, "record-timeout", cfg.RecordTimeout, "Time allowed to record one request; keep below the Provider's spec.timeout.")
 	fs.IntVar(&cfg.EventQueue, "event-queue", cfg.EventQueue, "Events that may wait to be written before new ones are dropped.")
-	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "Time allowed for in-flight requests on shutdown.")
+	fs.DurationVar(&cfg.DrainDelay, "drain-delay", cfg.DrainDelay, "After SIGTERM, how long to keep serving with /readyz failing and keep-alives off before closing the listener: the time the Service's endpoints take to drop this replica.")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "Time allowed for in-flight requests once the listener is closed; keep above --record-timeout.")
 	fs.StringVar(&cfg.ClientCASecret, "client-ca-secret", "", "Secret (namespace/name) holding Gatekeeper's CA as ca.crt, e.g. gatekeeper-system/gatekeeper-webhook-server-cert; mirrored to --client-ca-file on every change.")
 	fs.StringVar(&rot.Secret, "cert-secret", "", "Secret (namespace/name) in which cert-controller issues and rotates the serving certificate; mirrored to --tls-cert-file and --tls-key-file. Empty: the files are managed by someone else.")
 	fs.StringVar(&rot.ProviderName, "provider-name", rot.ProviderName, "Provider object whose spec.caBundle cert-controller keeps current (with --cert-secret).")
@@ -54,6 +56,8 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal starts a drain; a second one ends the process at once.
+	go func() { <-ctx.Done(); stop() }()
 	if err := run(ctx, cfg, kubeconfig, qps, burst); err != nil {
 		fmt.Fprintln(os.Stderr, "exec-reaper-provider:", err)
 		os.Exit(1)
@@ -71,5 +75,8 @@ func run(ctx context.Context, cfg provider.Config, kubeconfig string, qps float6
 	restCfg.QPS, restCfg.Burst = float32(qps), burst
 	reg := serve.NewRegistry()
 	ctx = klog.NewContext(ctx, klog.Background().WithName("provider"))
+	// cert-controller and controller-runtime log through their own global
+	// logger, which discards everything until it is set.
+	ctrllog.SetLogger(klog.Background().WithName("cert-controller"))
 	return provider.Run(ctx, cfg, restCfg, reg)
 }

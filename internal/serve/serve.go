@@ -1,46 +1,124 @@
 // Package serve holds the HTTP plumbing the provider and the deleter share:
-// graceful serving and the probe and metrics endpoints.
+// graceful serving and draining, and the probe and metrics endpoints.
 package serve
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/klog/v2"
 )
 
 // Run serves srv until ctx is done (over TLS when srv.TLSConfig is set), then
 // shuts it down, waiting at most timeout for in-flight requests. A clean
 // shutdown returns nil.
 func Run(ctx context.Context, srv *http.Server, timeout time.Duration) error {
+	ln, err := net.Listen("tcp", srv.Addr)
+	if err != nil {
+		return fmt.Errorf("serving on %s: %w", srv.Addr, err)
+	}
+	return Serve(ctx, srv, ln, Drain{Timeout: timeout})
+}
+
+// Drain says how a server stops once it is told to.
+type Drain struct {
+	// Delay is how long the server keeps serving after it is told to stop:
+	// readiness fails (OnDrain), keep-alives are off so that every response
+	// closes its connection and clients dial again, through the load
+	// balancer, to a replica that is still ready, and the listener stays
+	// open for clients that were routed here before the load balancer
+	// noticed. It must exceed the time endpoints take to drop a replica.
+	Delay time.Duration
+	// Timeout bounds the wait for in-flight requests after Delay; what is
+	// still running then is cut off.
+	Timeout time.Duration
+	// OnDrain, if set, runs when draining starts, before Delay.
+	OnDrain func()
+}
+
+// Serve serves srv on ln until ctx is done, then drains as d says and shuts
+// down. A clean shutdown returns nil.
+//
+// Request contexts carry ctx's values (its logger) but not its cancellation:
+// the signal that starts a drain must not cancel the requests the drain is
+// there to finish. They are cancelled only if d.Timeout passes with requests
+// still running. Serve sets srv.BaseContext for this.
+func Serve(ctx context.Context, srv *http.Server, ln net.Listener, d Drain) error {
+	log := klog.FromContext(ctx)
+	base, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelBase()
+	srv.BaseContext = func(net.Listener) context.Context { return base }
+	var inflight, drained atomic.Int64
+	var draining atomic.Bool
+	next := srv.Handler
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inflight.Add(1)
+		defer inflight.Add(-1)
+		if draining.Load() {
+			drained.Add(1)
+		}
+		next.ServeHTTP(w, r)
+	})
+
 	errc := make(chan error, 1)
 	go func() {
 		if srv.TLSConfig != nil {
-			errc <- srv.ListenAndServeTLS("", "")
+			errc <- srv.ServeTLS(ln, "", "")
 		} else {
-			errc <- srv.ListenAndServe()
+			errc <- srv.Serve(ln)
 		}
 	}()
 	select {
 	case err := <-errc:
-		return fmt.Errorf("serving on %s: %w", srv.Addr, err)
+		return fmt.Errorf("serving on %s: %w", ln.Addr(), err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+
+	start := time.Now()
+	draining.Store(true)
+	if d.OnDrain != nil {
+		d.OnDrain()
+	}
+	// Connection: close on every response from now on, and idle
+	// connections closed, so that clients move to another replica while
+	// this one still answers.
+	srv.SetKeepAlivesEnabled(false)
+	if d.Delay > 0 {
+		log.Info("Draining: not ready, keep-alives off, still serving", "addr", ln.Addr().String(), "delay", d.Delay)
+		t := time.NewTimer(d.Delay)
+		select {
+		case <-t.C:
+		case err := <-errc:
+			t.Stop()
+			return fmt.Errorf("serving on %s while draining: %w", ln.Addr(), err)
+		}
+	}
+	log.Info("Closing the listener; waiting for in-flight requests", "addr", ln.Addr().String(),
+		"inflight", inflight.Load(), "timeout", d.Timeout)
+	sctx, cancel := context.WithTimeout(context.Background(), d.Timeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shutting down %s: %w", srv.Addr, err)
+	var err error
+	if serr := srv.Shutdown(sctx); serr != nil {
+		_ = srv.Close()
+		cancelBase()
+		err = fmt.Errorf("shutting down %s: %d requests still running after %s were cut off: %w",
+			ln.Addr(), inflight.Load(), d.Timeout, serr)
 	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
+	if serr := <-errc; err == nil && !errors.Is(serr, http.ErrServerClosed) {
+		err = serr
 	}
-	return nil
+	log.Info("Stopped serving", "addr", ln.Addr().String(), "servedWhileDraining", drained.Load(),
+		"took", time.Since(start).Round(time.Millisecond))
+	return err
 }
 
 // NewRegistry returns a metrics registry with the Go runtime's and the
