@@ -102,6 +102,9 @@ func Serve(ctx context.Context, srv *http.Server, ln net.Listener, d Drain) erro
 			return fmt.Errorf("serving on %s while draining: %w", ln.Addr(), err)
 		}
 	}
+	if d.Delay == 0 {
+		log = log.V(2) // a plain stop (probes): not worth a line at default verbosity
+	}
 	log.Info("Closing the listener; waiting for in-flight requests", "addr", ln.Addr().String(),
 		"inflight", inflight.Load(), "timeout", d.Timeout)
 	sctx, cancel := context.WithTimeout(context.Background(), d.Timeout)

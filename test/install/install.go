@@ -29,7 +29,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/yaml"
 
-	"github.com/exec-reaper/exec-reaper/provider"
 	"github.com/exec-reaper/exec-reaper/test/cluster"
 )
 
@@ -55,6 +54,9 @@ type Options struct {
 	Values []string
 	// DeleterReplicas is how many deleter processes run (leader election picks one).
 	DeleterReplicas int
+	// ProviderReplicas is how many provider processes run behind the
+	// balancer (default 1).
+	ProviderReplicas int
 	// Log receives progress lines; may be nil.
 	Log io.Writer
 }
@@ -75,12 +77,23 @@ type Install struct {
 
 	providerArgs, deleterArgs []string
 	providerKubeconfig        string
-	deleterKubeconfig         string
-	providerAddr              string
-	providerProbe             string
+	// ProviderUser is the username of the provider's ServiceAccount.
+	ProviderUser      string
+	deleterKubeconfig string
 
-	// Provider is the running provider process, nil while stopped.
+	// Provider is the first running provider replica's process, nil while
+	// none runs.
 	Provider *cluster.Process
+	// Providers are the running provider replicas, oldest first.
+	Providers []*ProviderReplica
+	// Balancer is what the Provider object's URL points at: it stands in
+	// for the provider's Service and routes to the ready replicas.
+	Balancer *Balancer
+	// FirstProviderLog is the log of the first provider replica started,
+	// on a fresh install.
+	FirstProviderLog string
+	// providerSeq numbers the replicas ever started, as pod names would.
+	providerSeq int
 	// Deleters are the deleter replicas; an entry is nil while stopped.
 	Deleters []*cluster.Process
 	// DeleterProbes are the deleters' probe/metrics base URLs.
@@ -98,6 +111,9 @@ func Setup(ctx context.Context, opts Options) (*Install, error) {
 	if opts.DeleterReplicas == 0 {
 		opts.DeleterReplicas = 2
 	}
+	if opts.ProviderReplicas == 0 {
+		opts.ProviderReplicas = 1
+	}
 	i := &Install{opts: opts, c: opts.Cluster, dir: filepath.Join(opts.Cluster.Dir, "exec-reaper")}
 	i.binDir = filepath.Join(i.dir, "bin")
 	steps := []struct {
@@ -106,7 +122,7 @@ func Setup(ctx context.Context, opts Options) (*Install, error) {
 	}{
 		{"building exec-reaper", i.build},
 		{"rendering and applying the Helm chart", i.applyChart},
-		{"starting the provider", i.StartProvider},
+		{"starting the provider", i.startProviders},
 		{"starting the deleters", i.startDeleters},
 	}
 	for _, s := range steps {
@@ -254,7 +270,7 @@ func (i *Install) takeArgs(d *unstructured.Unstructured) error {
 	}
 	switch {
 	case strings.Contains(joined, "exec-reaper-provider"):
-		i.providerArgs, i.providerKubeconfig = flagsOnly(cmd), kubeconfig
+		i.providerArgs, i.providerKubeconfig, i.ProviderUser = flagsOnly(cmd), kubeconfig, user
 		i.CertSecret = flagValue(i.providerArgs, "cert-secret")
 		if _, name, ok := strings.Cut(i.CertSecret, "/"); ok {
 			i.CertSecret = name
@@ -323,63 +339,6 @@ func (i *Install) gatekeeperCASecret(ctx context.Context) error {
 	return err
 }
 
-// StartProvider runs the provider with the chart's arguments, bound to
-// loopback, and points the Provider object at it. It returns once the
-// provider is ready: certificate issued by cert-controller, caBundle
-// injected, Gatekeeper's CA loaded.
-func (i *Install) StartProvider(ctx context.Context) error {
-	if i.providerAddr == "" {
-		port, err := cluster.FreePort()
-		if err != nil {
-			return err
-		}
-		probe, err := cluster.FreePort()
-		if err != nil {
-			return err
-		}
-		i.providerAddr = "127.0.0.1:" + strconv.Itoa(port)
-		i.providerProbe = "127.0.0.1:" + strconv.Itoa(probe)
-		if err := i.pointProvider(ctx, i.ProviderURL()); err != nil {
-			return err
-		}
-	}
-	dir := filepath.Join(i.dir, "provider")
-	args := override(i.providerArgs, map[string]string{
-		"kubeconfig":     i.providerKubeconfig,
-		"addr":           i.providerAddr,
-		"probe-addr":     i.providerProbe,
-		"tls-cert-file":  filepath.Join(dir, "certs", "tls.crt"),
-		"tls-key-file":   filepath.Join(dir, "certs", "tls.key"),
-		"client-ca-file": filepath.Join(dir, "client-ca", "ca.crt"),
-		// Gatekeeper dials localhost here, not the Service's name.
-		"dns-name": "localhost",
-		"v":        "1",
-	})
-	p, err := i.c.StartProcess(ctx, "exec-reaper-provider", append([]string{filepath.Join(i.binDir, "exec-reaper-provider")}, args...), nil)
-	if err != nil {
-		return err
-	}
-	i.Provider = p
-	return waitReady(ctx, p, "http://"+i.providerProbe+"/readyz")
-}
-
-// StopProvider stops the provider process.
-func (i *Install) StopProvider() error {
-	if i.Provider == nil {
-		return nil
-	}
-	err := i.Provider.Stop()
-	i.Provider = nil
-	return err
-}
-
-// pointProvider sets the Provider object's URL to the local provider.
-func (i *Install) pointProvider(ctx context.Context, url string) error {
-	_, _, err := i.c.Kubectl(ctx, "", "patch", "providers.externaldata.gatekeeper.sh", i.ProviderName,
-		"--type=merge", "-p", fmt.Sprintf(`{"spec":{"url":%q}}`, url))
-	return err
-}
-
 func (i *Install) startDeleters(ctx context.Context) error {
 	i.Deleters = make([]*cluster.Process, i.opts.DeleterReplicas)
 	i.DeleterProbes = make([]string, i.opts.DeleterReplicas)
@@ -423,17 +382,6 @@ func (i *Install) StopDeleter(n int) error {
 	err := i.Deleters[n].Stop()
 	i.Deleters[n] = nil
 	return err
-}
-
-// ProviderURL is where Gatekeeper reaches the provider.
-func (i *Install) ProviderURL() string {
-	_, port, _ := strings.Cut(i.providerAddr, ":")
-	return "https://localhost:" + port + provider.Path
-}
-
-// ProviderMetrics returns the provider's /metrics text.
-func (i *Install) ProviderMetrics(ctx context.Context) (string, error) {
-	return get(ctx, "http://"+i.providerProbe+"/metrics")
 }
 
 // DeleterMetrics returns replica n's /metrics text.

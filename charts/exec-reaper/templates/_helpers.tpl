@@ -72,6 +72,12 @@ than a timeout of its own.
 {{- printf "%dms" (sub (mul (int .Values.provider.timeout) 1000) 500) -}}
 {{- end -}}
 
+{{- /* Seconds in-flight requests get once a draining replica closes its
+listener: above the record timeout, so none is cut off. */ -}}
+{{- define "exec-reaper.provider.shutdownTimeout" -}}
+{{- add (int .Values.provider.timeout) 2 -}}
+{{- end -}}
+
 {{- define "exec-reaper.image" -}}
 {{- if .Values.image.digest -}}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
