@@ -378,6 +378,9 @@ func TestDefaults(t *testing.T) {
 			"provider-name":    "exec-reaper",
 			"dns-name":         "exec-reaper-provider.gatekeeper-system.svc",
 			"record-timeout":   "1500ms",
+			"drain-delay":      "10s",
+			"shutdown-timeout": "4s",
+			"client-ca-grace":  "10m",
 			"v":                "0",
 		}
 		if !reflect.DeepEqual(a, want) {
@@ -483,6 +486,19 @@ func checkProviderWiring(t *testing.T, o objects, ns, name, providerName string)
 	}
 	if rt, err := time.ParseDuration(a["record-timeout"]); err != nil || rt <= 0 || rt >= time.Duration(timeout)*time.Second {
 		t.Errorf("--record-timeout=%s must be positive and below the Provider's timeout %ds", a["record-timeout"], timeout)
+	}
+	// A draining replica is never killed before it finished (LIFECYCLE).
+	drain, _ := time.ParseDuration(a["drain-delay"])
+	shutdown, _ := time.ParseDuration(a["shutdown-timeout"])
+	if rt, _ := time.ParseDuration(a["record-timeout"]); shutdown <= rt {
+		t.Errorf("--shutdown-timeout=%s must exceed --record-timeout=%s", a["shutdown-timeout"], a["record-timeout"])
+	}
+	var grace int64
+	if g := d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != nil {
+		grace = *g
+	}
+	if time.Duration(grace)*time.Second <= drain+shutdown {
+		t.Errorf("terminationGracePeriodSeconds %d must exceed --drain-delay %s + --shutdown-timeout %s", grace, drain, shutdown)
 	}
 	ca, _, _ := unstructured.NestedString(p.Object, "spec", "caBundle")
 	checkPlaceholderCA(t, ca)

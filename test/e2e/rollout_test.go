@@ -27,24 +27,27 @@ import (
 // rolloutTimeout bounds one rolling restart of the provider replicas.
 const rolloutTimeout = 2 * time.Minute
 
-// execStream runs `kubectl exec` into one pod from several workers, back to
-// back, each exec a distinct entry (its own command), and counts outcomes.
+// execStream runs `kubectl exec` from several workers, back to back, each
+// worker into a pod of its own (so that each exec is exactly one entry: a
+// record folds a repeat of its last entry, such as the SPDY retry of an exec
+// whose WebSocket upgrade found no node), each exec with its own command.
 type execStream struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 	once sync.Once
+	pods []*corev1.Pod
 
 	mu       sync.Mutex
-	admitted int
+	admitted []int // per worker
 	denied   []string
 	failed   []string
 }
 
-// startExecs starts workers that exec into pod as alice until stopped.
-func startExecs(t *testing.T, pod *corev1.Pod, workers int) *execStream {
+// startExecs starts one worker per pod, exec'ing as alice until stopped.
+func startExecs(t *testing.T, pods ...*corev1.Pod) *execStream {
 	t.Helper()
-	s := &execStream{stop: make(chan struct{})}
-	for w := range workers {
+	s := &execStream{stop: make(chan struct{}), pods: pods, admitted: make([]int, len(pods))}
+	for w, pod := range pods {
 		s.wg.Go(func() {
 			for n := 0; ; n++ {
 				select {
@@ -58,7 +61,7 @@ func startExecs(t *testing.T, pod *corev1.Pod, workers int) *execStream {
 				case strings.Contains(stderr, "denied"):
 					s.denied = append(s.denied, time.Now().Format("15:04:05.000")+" "+strings.TrimSpace(stderr))
 				case err == nil || noNode.MatchString(stderr):
-					s.admitted++
+					s.admitted[w]++
 				default:
 					s.failed = append(s.failed, strings.TrimSpace(stderr))
 				}
@@ -73,27 +76,46 @@ func startExecs(t *testing.T, pod *corev1.Pod, workers int) *execStream {
 // halt stops the workers and waits for them.
 func (s *execStream) halt() { s.once.Do(func() { close(s.stop); s.wg.Wait() }) }
 
-// Admitted returns how many execs were admitted so far.
+// Admitted returns how many execs were admitted so far, in all.
 func (s *execStream) Admitted() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.admitted
+	n := 0
+	for _, a := range s.admitted {
+		n += a
+	}
+	return n
+}
+
+// waitMore waits until every worker's pod has n more entries than its
+// worker had admitted execs when called.
+func (s *execStream) waitMore(t *testing.T, n int) {
+	t.Helper()
+	s.mu.Lock()
+	want := append([]int(nil), s.admitted...)
+	s.mu.Unlock()
+	for w, pod := range s.pods {
+		waitEntries(t, pod, want[w]+n)
+	}
 }
 
 // finish stops the stream and fails t if any exec was denied or failed,
-// then asserts that every admitted exec is recorded on pod.
-func (s *execStream) finish(t *testing.T, pod *corev1.Pod, what string) int {
+// then asserts that every admitted exec is recorded on its pod.
+func (s *execStream) finish(t *testing.T, what string) int {
 	t.Helper()
 	s.halt()
+	total := s.Admitted()
 	if len(s.denied) > 0 || len(s.failed) > 0 {
 		t.Errorf("%s: %d execs admitted, %d denied, %d failed otherwise\ndenied: %v\nfailed: %v",
-			what, s.admitted, len(s.denied), len(s.failed), s.denied, s.failed)
+			what, total, len(s.denied), len(s.failed), s.denied, s.failed)
 	}
-	rec := waitEntries(t, pod, s.admitted)
-	if rec.Entries != s.admitted {
-		t.Errorf("%s: %d execs admitted, %d recorded", what, s.admitted, rec.Entries)
+	for w, pod := range s.pods {
+		rec := waitEntries(t, pod, s.admitted[w])
+		if rec.Entries != s.admitted[w] {
+			t.Errorf("%s: %d execs into %s admitted, %d recorded", what, s.admitted[w], pod.Name, rec.Entries)
+		}
 	}
-	return s.admitted
+	return total
 }
 
 // TestRollingRestart: a rolling restart of the provider's replicas (two, as
@@ -109,7 +131,7 @@ func TestRollingRestart(t *testing.T) {
 	ns := namespace(t, strictNS)
 	ctx, cancel := context.WithTimeout(context.Background(), rolloutTimeout)
 	defer cancel()
-	pod := guardedPod(t, ns, "rollout")
+	pods := []*corev1.Pod{guardedPod(t, ns, "rollout-a"), guardedPod(t, ns, "rollout-b")}
 	for len(inst.Providers) < 2 {
 		if _, err := inst.StartProviderReplica(ctx, nil); err != nil {
 			t.Fatal(err)
@@ -121,8 +143,8 @@ func TestRollingRestart(t *testing.T) {
 	}
 	_, rejectedBefore := inst.Balancer.Stats()
 
-	stream := startExecs(t, pod, 2)
-	waitEntries(t, pod, 4)
+	stream := startExecs(t, pods...)
+	stream.waitMore(t, 2)
 	start := time.Now()
 	steps, err := inst.RollProviders(ctx, nil)
 	if err != nil {
@@ -131,8 +153,8 @@ func TestRollingRestart(t *testing.T) {
 	took := time.Since(start)
 	during := stream.Admitted()
 	// A few more on the new replicas only.
-	waitEntries(t, pod, during+4)
-	n := stream.finish(t, pod, "rolling restart")
+	stream.waitMore(t, 2)
+	n := stream.finish(t, "rolling restart")
 
 	for _, s := range steps {
 		t.Logf("  %s", s)

@@ -120,7 +120,8 @@ func (i *Install) StartProviderProcess(ctx context.Context, extra map[string]str
 	}
 	maps.Copy(flags, extra)
 	args := override(i.providerArgs, flags)
-	p, err := i.c.StartProcess(ctx, name, append([]string{filepath.Join(i.binDir, "exec-reaper-provider")}, args...), nil)
+	// The replica outlives ctx, as a pod outlives the rollout that made it.
+	p, err := i.c.StartProcess(context.WithoutCancel(ctx), name, append([]string{filepath.Join(i.binDir, "exec-reaper-provider")}, args...), nil)
 	if err != nil {
 		return nil, err
 	}
