@@ -168,8 +168,8 @@ func TestRollingRestart(t *testing.T) {
 	if _, rejected := inst.Balancer.Stats(); rejected != rejectedBefore {
 		t.Errorf("the balancer rejected %d connections for want of a ready replica", rejected-rejectedBefore)
 	}
-	t.Logf("%d execs in all, %d of them during the %s rolling restart of %d replicas: 0 denied, all recorded",
-		n, during, took.Round(time.Millisecond), len(steps))
+	t.Logf("%d execs admitted in all, %d of them during the %s rolling restart of %d replicas; %d denied",
+		n, during, took.Round(time.Millisecond), len(steps), len(stream.denied))
 }
 
 // drainLine returns the lines of a replica's log about its drain.
