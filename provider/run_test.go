@@ -62,7 +62,26 @@ func newSlowAPI(t *testing.T) *slowAPI {
 			}
 			_ = json.NewEncoder(w).Encode(pod)
 		case r.Method == http.MethodPatch:
-			_ = json.NewEncoder(w).Encode(pod)
+			// Apply the metadata of the merge patch, as the API server would.
+			var patch struct {
+				Metadata struct {
+					Labels, Annotations map[string]*string
+				}
+			}
+			_ = json.NewDecoder(r.Body).Decode(&patch)
+			out := pod.DeepCopy()
+			out.Labels, out.Annotations = map[string]string{}, map[string]string{}
+			for k, v := range patch.Metadata.Labels {
+				if v != nil {
+					out.Labels[k] = *v
+				}
+			}
+			for k, v := range patch.Metadata.Annotations {
+				if v != nil {
+					out.Annotations[k] = *v
+				}
+			}
+			_ = json.NewEncoder(w).Encode(out)
 		default: // Events
 			w.WriteHeader(http.StatusCreated)
 			_, _ = io.WriteString(w, `{"apiVersion":"v1","kind":"Event","metadata":{"name":"e"}}`)

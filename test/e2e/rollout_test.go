@@ -256,7 +256,7 @@ func TestReadinessWaitsForCABundle(t *testing.T) {
 	})
 	// The chart grants updates of its own Secret and Provider only; grant
 	// this Secret now and this Provider later.
-	grant(t, "Role", install.Namespace, name+"-secret", rbacv1.PolicyRule{
+	grantProvider(t, "Role", install.Namespace, name+"-secret", rbacv1.PolicyRule{
 		APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{name}, Verbs: []string{"update"},
 	})
 
@@ -289,7 +289,7 @@ func TestReadinessWaitsForCABundle(t *testing.T) {
 		t.Fatalf("ready although the Provider's caBundle is a placeholder: %s", body)
 	}
 
-	grant(t, "ClusterRole", "", name+"-provider", rbacv1.PolicyRule{
+	grantProvider(t, "ClusterRole", "", name+"-provider", rbacv1.PolicyRule{
 		APIGroups: []string{"externaldata.gatekeeper.sh"}, Resources: []string{"providers"}, ResourceNames: []string{name}, Verbs: []string{"update"},
 	})
 	poll(t, "the replica ready once cert-controller injected its CA", 3*rotationTimeout, func(ctx context.Context) (bool, error) {
@@ -320,9 +320,9 @@ func probe(ctx context.Context, url string) (string, bool) {
 	return string(b), resp.StatusCode == http.StatusOK
 }
 
-// grant binds a Role (namespace set) or ClusterRole with one rule to the
+// grantProvider binds a Role (namespace set) or ClusterRole with one rule to the
 // provider's ServiceAccount, for the test's duration.
-func grant(t *testing.T, kind, ns, name string, rule rbacv1.PolicyRule) {
+func grantProvider(t *testing.T, kind, ns, name string, rule rbacv1.PolicyRule) {
 	t.Helper()
 	ctx := context.Background()
 	rbac := c.Client().RbacV1()
