@@ -135,7 +135,9 @@ func TestRunDrain(t *testing.T) {
 	ctx, stop := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
 	defer stop()
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, deps{client: client, api: apiLn, probe: probeLn}, prometheus.NewRegistry()) }()
+	go func() {
+		done <- run(ctx, cfg, deps{client: client, api: apiLn, probe: probeLn}, prometheus.NewRegistry())
+	}()
 
 	readyz := "http://" + probeLn.Addr().String() + "/readyz"
 	if status, body := getStatus(t, readyz); status != http.StatusOK {
