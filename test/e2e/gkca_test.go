@@ -15,7 +15,6 @@ import (
 	"strings"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -44,7 +43,7 @@ import (
 func TestGatekeeperCARotation(t *testing.T) {
 	ns := namespace(t, strictNS)
 	ctx := context.Background()
-	pods := []*corev1.Pod{guardedPod(t, ns, "gkca-a"), guardedPod(t, ns, "gkca-b")}
+	pods := guardedPods(t, ns, "gkca-a", "gkca-b")
 	oldCA, err := os.ReadFile(filepath.Join(c.GatekeeperCertDir, "ca.crt"))
 	if err != nil {
 		t.Fatal(err)
