@@ -372,14 +372,18 @@ func portForward(t *testing.T, kubeconfig string, pod *corev1.Pod) int {
 	return 0
 }
 
-// externalDataCalls counts the external-data requests the provider has
-// answered so far (its request-duration histogram): one per admission that
-// Gatekeeper sends it, however many keys the request holds.
+// externalDataCalls counts the external-data requests the provider's
+// replicas have answered so far (their request-duration histograms): one per
+// call Gatekeeper makes, however many keys the request holds.
 func externalDataCalls(t *testing.T) float64 {
 	t.Helper()
-	text, err := inst.ProviderMetrics(context.Background())
+	texts, err := inst.EachProviderMetrics(context.Background())
 	if err != nil {
 		t.Fatalf("reading the provider's metrics: %v", err)
 	}
-	return metric(text, "exec_reaper_provider_request_duration_seconds_count", "")
+	var n float64
+	for _, text := range texts {
+		n += metric(text, "exec_reaper_provider_request_duration_seconds_count", "")
+	}
+	return n
 }

@@ -237,5 +237,22 @@ func (i *Install) ProviderMetrics(ctx context.Context) (string, error) {
 	return get(ctx, i.Providers[0].MetricsURL())
 }
 
+// EachProviderMetrics returns the metrics of every running replica: requests
+// are spread across them by the balancer, so a count is their sum.
+func (i *Install) EachProviderMetrics(ctx context.Context) ([]string, error) {
+	if len(i.Providers) == 0 {
+		return nil, errors.New("no provider replica is running")
+	}
+	var out []string
+	for _, p := range i.Providers {
+		text, err := get(ctx, p.MetricsURL())
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, text)
+	}
+	return out, nil
+}
+
 // ProviderKubeconfig is the kubeconfig of the provider's ServiceAccount.
 func (i *Install) ProviderKubeconfig() string { return i.providerKubeconfig }
