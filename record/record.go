@@ -385,18 +385,9 @@ func Apply(existing *Record, podUID types.UID, e Entry, ttl time.Duration) (Reco
 		// A record from before the list existed: its last entry is all there is.
 		marks = []Mark{r.Last.Mark(r.Last.Time)}
 	}
-	if prev, ok := RepeatOf(marks, m); ok {
-		from := at
-		if prev.RequestUID == m.RequestUID {
-			// The same admission: its deadlines count from its first call,
-			// so the earliest wins whatever the order of the calls.
-			from = prev.Time
-		}
-		if d := Deadline(r.Deadline, from, ttl); d.Before(r.Deadline) {
-			r.Deadline = d
-			return r, OutcomeEarlier
-		}
-		return r, OutcomeRepeat
+	if d, outcome, ok := foldRepeat(marks, m, r.Deadline, at, ttl); ok {
+		r.Deadline = d
+		return r, outcome
 	}
 	r.Deadline = Deadline(r.Deadline, at, ttl)
 	r.Entries = max(r.Entries, 1) + 1
@@ -441,4 +432,24 @@ func entryJSON(e Entry) string {
 	enc.SetEscapeHTML(false)
 	_ = enc.Encode(e) // Entry always encodes.
 	return strings.TrimSuffix(b.String(), "\n")
+}
+
+// foldRepeat reports whether m repeats one of marks and, if it does, the
+// deadline after it: current, or earlier when the repeat asks for less time
+// (OutcomeEarlier rather than OutcomeRepeat). The same admission's deadlines
+// count from its first call, so the earliest wins whatever the order of the
+// calls.
+func foldRepeat(marks []Mark, m Mark, current, at time.Time, ttl time.Duration) (time.Time, Outcome, bool) {
+	prev, ok := RepeatOf(marks, m)
+	if !ok {
+		return current, "", false
+	}
+	from := at
+	if prev.RequestUID == m.RequestUID {
+		from = prev.Time
+	}
+	if d := Deadline(current, from, ttl); d.Before(current) {
+		return d, OutcomeEarlier, true
+	}
+	return current, OutcomeRepeat, true
 }

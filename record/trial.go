@@ -64,16 +64,9 @@ func ApplyTrial(existing *Trial, podUID types.UID, e Entry, ttl time.Duration) (
 		return Trial{PodUID: podUID, Entries: 1, Last: e, WouldEvictAt: Deadline(time.Time{}, at, ttl), Recent: []Mark{m}}, OutcomeFirst
 	}
 	t := *existing
-	if prev, ok := RepeatOf(t.Recent, m); ok {
-		from := at
-		if prev.RequestUID == m.RequestUID {
-			from = prev.Time
-		}
-		if d := Deadline(t.WouldEvictAt, from, ttl); d.Before(t.WouldEvictAt) {
-			t.WouldEvictAt = d
-			return t, OutcomeEarlier
-		}
-		return t, OutcomeRepeat
+	if d, outcome, ok := foldRepeat(t.Recent, m, t.WouldEvictAt, at, ttl); ok {
+		t.WouldEvictAt = d
+		return t, outcome
 	}
 	t.WouldEvictAt = Deadline(t.WouldEvictAt, at, ttl)
 	t.Entries = max(t.Entries, 0) + 1
