@@ -27,9 +27,6 @@ import (
 	"github.com/exec-reaper/exec-reaper/test/install"
 )
 
-// providerUser is the provider's ServiceAccount as the chart installs it.
-const providerUser = "system:serviceaccount:" + install.Namespace + ":exec-reaper-provider"
-
 // longPrefix starts the namespaces where entries get a long ttl, so that
 // tests can work on a recorded pod without racing its eviction.
 const longPrefix = "e2e-long-"
@@ -320,7 +317,7 @@ func TestGuardBoundsTheProvider(t *testing.T) {
 	ns := longNamespace(t, "provider-bounds")
 	pod, rec := recordedPod(t, ns, "bounded")
 	provider := actor{name: "provider", status: true,
-		client: clientFor(t, "provider-as-attacker", providerUser, "system:serviceaccounts", "system:serviceaccounts:"+install.Namespace, "system:authenticated")}
+		client: clientFor(t, "provider-as-attacker", inst.ProviderUser, "system:serviceaccounts", "system:serviceaccounts:"+install.Namespace, "system:authenticated")}
 	earlier := strconv.FormatInt(rec.Deadline.Add(-time.Minute).Unix(), 10)
 	refused := map[string]map[string]any{
 		"take the pod out of its Service": metadata("labels", map[string]any{"app": "elsewhere"}),
