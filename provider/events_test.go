@@ -93,7 +93,7 @@ func drain(t *testing.T, s *provider.EventSink) {
 func TestEventSinkAnnounce(t *testing.T) {
 	pod := newPod(nil)
 	cs := fake.NewClientset(pod)
-	sink := provider.NewEventSink(cs, 8)
+	sink := provider.NewEventSink(cs, 8, 1)
 	created := eventCount(t, "created")
 
 	ctx, cancel := context.WithCancel(quiet())
@@ -158,7 +158,7 @@ func TestEventSinkAnnounce(t *testing.T) {
 func TestEventSinkOncePerEntry(t *testing.T) {
 	pod := newPod(nil)
 	cs := fake.NewClientset(pod)
-	sink := provider.NewEventSink(cs, 8)
+	sink := provider.NewEventSink(cs, 8, 1)
 	created, duplicate := eventCount(t, "created"), eventCount(t, "duplicate")
 
 	sink.Announce(pod, entered("alice", "req-1"), record.OutcomeFirst)
@@ -193,7 +193,7 @@ func TestEventSinkOncePerEntry(t *testing.T) {
 func TestEventSinkRepeatAnnouncesNothing(t *testing.T) {
 	pod := newPod(nil)
 	cs := fake.NewClientset(pod)
-	sink := provider.NewEventSink(cs, 8)
+	sink := provider.NewEventSink(cs, 8, 1)
 	sink.Announce(pod, entered("alice", "req-1"), record.OutcomeRepeat)
 	drain(t, sink)
 	if n := countActions(cs, "create", "events"); n != 0 {
@@ -210,7 +210,7 @@ func TestEventSinkRepeatAnnouncesNothing(t *testing.T) {
 func TestEventSinkFullQueue(t *testing.T) {
 	pod := newPod(nil)
 	cs := fake.NewClientset(pod)
-	sink := provider.NewEventSink(cs, 1)
+	sink := provider.NewEventSink(cs, 1, 1)
 	dropped := eventCount(t, "dropped")
 
 	done := make(chan struct{})
@@ -248,7 +248,7 @@ func TestEventSinkFailure(t *testing.T) {
 		}
 		return false, nil, nil
 	})
-	sink := provider.NewEventSink(cs, 8)
+	sink := provider.NewEventSink(cs, 8, 1)
 	failed := eventCount(t, "failed")
 	sink.Announce(pod, entered("alice", "req-1"), record.OutcomeFirst)
 	sink.Announce(pod, entered("alice", "req-2"), record.OutcomeAdded)
@@ -267,7 +267,7 @@ func TestRecorderAnnounces(t *testing.T) {
 	pod := newPod(nil)
 	cs := fake.NewClientset(pod)
 	clk := clocktesting.NewFakeClock(t0)
-	sink := provider.NewEventSink(cs, 8)
+	sink := provider.NewEventSink(cs, 8, 1)
 	rec := provider.NewRecorder(cs, clk, sink)
 
 	steps := []struct {

@@ -19,7 +19,7 @@ var (
 	}, []string{"outcome"})
 	eventsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "exec_reaper_provider_events_total",
-		Help: "Events about entries, by result: created, duplicate (of an entry already announced), failed, dropped (queue full).",
+		Help: "Events about entries, by result: created, duplicate (of an entry already announced), failed, folded (into one Event counting a pod's entries, the queue being full), dropped (the queue and the table of folded Events full).",
 	}, []string{"result"})
 	certReloadsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "exec_reaper_provider_cert_reloads_total",

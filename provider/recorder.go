@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,9 +21,11 @@ import (
 	"github.com/exec-reaper/exec-reaper/record"
 )
 
-// maxConflicts bounds how often a write is retried when the pod changed
-// between the read and the write. Conflicts are rare (the kubelet updates
-// status, not metadata) and each retry is one more GET and PATCH.
+// maxConflicts bounds how often a batch's write is retried when the pod
+// changed between the read and the write. Concurrent entries into one pod
+// never conflict with each other (they are written together, see RecordAt);
+// what is left is another writer (a second provider replica, the kubelet's
+// own status updates), and each retry is one more GET and PATCH.
 const maxConflicts = 5
 
 // Result is what recording one entry produced: the value of a key's item.
@@ -41,12 +46,32 @@ type Recorder struct {
 	client kubernetes.Interface
 	clock  clock.Clock
 	events *EventSink
+
+	mu sync.Mutex
+	// queues holds, for each pod being written, the entries that wait for
+	// the next write; a pod is in it while its writer goroutine runs.
+	queues map[types.NamespacedName]*podQueue
+}
+
+// podQueue is what waits for one pod's writer.
+type podQueue struct {
+	pending []*call
+}
+
+// call is one RecordAt waiting for its entry to be written.
+type call struct {
+	ctx   context.Context
+	req   Request
+	entry record.Entry
+	done  chan struct{} // closed by the writer once res and err are settled
+	res   Result
+	err   error
 }
 
 // NewRecorder returns a Recorder that writes through client and announces new
 // entries through events, which may be nil.
 func NewRecorder(client kubernetes.Interface, clk clock.Clock, events *EventSink) *Recorder {
-	return &Recorder{client: client, clock: clk, events: events}
+	return &Recorder{client: client, clock: clk, events: events, queues: map[types.NamespacedName]*podQueue{}}
 }
 
 // Record writes req's entry onto its pod, made now (see RecordAt).
@@ -54,11 +79,24 @@ func (r *Recorder) Record(ctx context.Context, req Request) (Result, error) {
 	return r.RecordAt(ctx, req, r.clock.Now())
 }
 
-// RecordAt writes req's entry, made at at, onto its pod with one GET and at
-// most one PATCH, the PATCH bound to the resourceVersion it read, retried on
-// conflict. The deadline only ever moves earlier. An entry that repeats one
-// already recorded writes nothing, unless it asks for an earlier deadline. A
-// trial entry (req.Trial) writes only the trial annotation.
+// RecordAt writes req's entry, made at at, onto its pod. The deadline only
+// ever moves earlier. An entry that repeats one already recorded writes
+// nothing, unless it asks for an earlier deadline. A trial entry (req.Trial)
+// writes only the trial annotation.
+//
+// Entries into one pod are written by one goroutine at a time, in batches:
+// the entries that arrive while a write is in flight wait and then go
+// together into the next one, so a burst of N concurrent entries into one
+// pod costs a few writes, not N writes racing each other into conflicts
+// (which, retried, cost a GET and a PATCH each, each attempt holding a
+// Gatekeeper serving slot). A batch is one GET (none when the previous
+// batch's PATCH returned the pod) and at most one PATCH bound to the
+// resourceVersion it read; each entry is folded in, in arrival order, with
+// record.Apply (or record.ApplyTrial), and the whole batch is re-read and
+// re-folded on conflict. Every caller gets its own outcome; its deadline is
+// the record's after the whole batch, the earliest any entry asked for.
+// RecordAt returns when its batch is written or ctx is done, whichever is
+// first; the batch goes on while any caller in it still waits.
 //
 // The PATCH goes to the pod's status subresource, which accepts label and
 // annotation changes but no spec change. Gatekeeper's webhook deliberately
@@ -69,48 +107,265 @@ func (r *Recorder) Record(ctx context.Context, req Request) (Result, error) {
 // also spares every entry a webhook round trip, and the provider needs no
 // right to change pod specs. That the status subresource keeps metadata is
 // legacy behaviour, not a contract, so the pod the PATCH returns is checked:
-// a write the API server accepted but did not keep fails the key.
+// a write the API server accepted but did not keep fails the keys.
 func (r *Recorder) RecordAt(ctx context.Context, req Request, at time.Time) (Result, error) {
-	pods := r.client.CoreV1().Pods(req.Namespace)
-	entry := req.Entry(at)
-	for attempt := 1; ; attempt++ {
-		pod, err := pods.Get(ctx, req.Name, metav1.GetOptions{})
-		if err != nil {
-			return Result{}, describe("reading", req, err)
+	c := &call{ctx: ctx, req: req, entry: req.Entry(at), done: make(chan struct{})}
+	key := types.NamespacedName{Namespace: req.Namespace, Name: req.Name}
+	r.mu.Lock()
+	q, running := r.queues[key]
+	if !running {
+		q = &podQueue{}
+		r.queues[key] = q
+	}
+	q.pending = append(q.pending, c)
+	r.mu.Unlock()
+	if !running {
+		go r.drain(key, q)
+	}
+	select {
+	case <-c.done:
+		return c.res, c.err
+	case <-ctx.Done():
+		select {
+		case <-c.done: // finished at the same moment: the answer wins
+			return c.res, c.err
+		default:
 		}
-		if pod.DeletionTimestamp != nil {
-			// Already going: nothing to keep alive, but say when.
-			return Result{Deadline: pod.DeletionTimestamp.UTC(), Outcome: outcome(req, record.OutcomeRepeat)}, nil
-		}
-		w := r.plan(ctx, pod, req, entry)
-		if w.patch == nil {
-			return w.result, nil
-		}
-		updated, err := pods.Patch(ctx, req.Name, types.MergePatchType, w.patch, metav1.PatchOptions{FieldManager: FieldManager}, "status")
-		if apierrors.IsConflict(err) && attempt < maxConflicts {
-			continue
-		}
-		if err != nil {
-			return Result{}, describe("writing record on", req, err)
-		}
-		if !carries(updated, w.labels, w.annotations) {
-			return Result{}, fmt.Errorf("writing record on pod %s/%s: the API server accepted the write but did not keep the record: "+
-				"this Kubernetes version may no longer accept metadata changes through pods/status; exec-reaper cannot record entries "+
-				"on this cluster until it writes the record another way (report the Kubernetes version to exec-reaper's maintainers)",
-				req.Namespace, req.Name)
-		}
-		r.events.announce(w.notice)
-		return w.result, nil
+		return Result{}, describe("recording on", req, ctx.Err())
 	}
 }
 
-// write is what recording an entry on a pod takes: the patch (nil when
-// nothing is to be written), what the pod must carry afterwards, the answer
-// and the Event.
-type write struct {
+// drain writes q's batches, one after another, until no entry waits. The
+// callers of a batch are answered only once it is known whether another
+// batch follows, so a caller that records again after its answer never finds
+// this writer still running (and a caller's sequence of API calls does not
+// depend on a race).
+func (r *Recorder) drain(key types.NamespacedName, q *podQueue) {
+	var base *corev1.Pod // the pod as the previous batch left it
+	var answered []*call
+	for {
+		r.mu.Lock()
+		calls := q.pending
+		q.pending = nil
+		if len(calls) == 0 {
+			delete(r.queues, key)
+		}
+		r.mu.Unlock()
+		for _, c := range answered {
+			close(c.done)
+		}
+		if len(calls) == 0 {
+			return
+		}
+		base = r.writeBatch(key, calls, base)
+		answered = calls
+	}
+}
+
+// settle sets c's answer; drain delivers it.
+func (c *call) settle(res Result, err error) { c.res, c.err = res, err }
+
+// writeBatch records calls on the pod key, reading it unless base (the pod as
+// the previous batch's PATCH returned it) is given, and returns the pod as it
+// is known afterwards (nil when unknown). Every call is settled.
+func (r *Recorder) writeBatch(key types.NamespacedName, calls []*call, base *corev1.Pod) *corev1.Pod {
+	live := make([]*call, 0, len(calls))
+	for _, c := range calls {
+		if err := c.ctx.Err(); err != nil {
+			c.settle(Result{}, describe("recording on", c.req, err)) // its caller has gone
+			continue
+		}
+		live = append(live, c)
+	}
+	if len(live) == 0 {
+		return base
+	}
+	ctx, cancel := batchContext(live)
+	defer cancel()
+	failAll := func(verb string, err error) *corev1.Pod {
+		for _, c := range live {
+			c.settle(Result{}, describe(verb, c.req, err))
+		}
+		return nil
+	}
+	pods := r.client.CoreV1().Pods(key.Namespace)
+	pod := base
+	for conflicts := 0; ; {
+		fromBase := pod != nil
+		if pod == nil {
+			var err error
+			if pod, err = pods.Get(ctx, key.Name, metav1.GetOptions{}); err != nil {
+				return failAll("reading", err)
+			}
+		}
+		if pod.DeletionTimestamp != nil {
+			// Already going: nothing to keep alive, but say when.
+			for _, c := range live {
+				c.settle(Result{Deadline: pod.DeletionTimestamp.UTC(), Outcome: outcome(c.req, record.OutcomeRepeat)}, nil)
+			}
+			return pod
+		}
+		b := r.fold(ctx, pod, live)
+		if b.patch == nil {
+			if fromBase {
+				// Nothing to write proves nothing about a pod known only
+				// from the last write: read it.
+				pod = nil
+				continue
+			}
+			for i, c := range live {
+				c.settle(b.results[i], nil)
+			}
+			return pod
+		}
+		updated, err := pods.Patch(ctx, key.Name, types.MergePatchType, b.patch, metav1.PatchOptions{FieldManager: FieldManager}, "status")
+		if apierrors.IsConflict(err) {
+			if !fromBase {
+				conflicts++
+			}
+			if conflicts < maxConflicts {
+				pod = nil
+				continue
+			}
+		}
+		if err != nil {
+			return failAll("writing record on", err)
+		}
+		if !carries(updated, b.labels, b.annotations) {
+			for _, c := range live {
+				c.settle(Result{}, fmt.Errorf("writing record on pod %s/%s: the API server accepted the write but did not keep the record: "+
+					"this Kubernetes version may no longer accept metadata changes through pods/status; exec-reaper cannot record entries "+
+					"on this cluster until it writes the record another way (report the Kubernetes version to exec-reaper's maintainers)",
+					key.Namespace, key.Name))
+			}
+			return nil
+		}
+		for i, c := range live {
+			c.settle(b.results[i], nil)
+		}
+		for _, n := range b.notices {
+			r.events.announce(n)
+		}
+		return updated
+	}
+}
+
+// batchContext returns the context of a batch's API calls: it carries the
+// first call's values (its logger) and ends once every caller's own context
+// has ended, so a batch works as long as anyone waits for it, and no longer.
+func batchContext(calls []*call) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(calls[0].ctx))
+	var waiting atomic.Int64
+	waiting.Store(int64(len(calls)))
+	stops := make([]func() bool, 0, len(calls))
+	for _, c := range calls {
+		stops = append(stops, context.AfterFunc(c.ctx, func() {
+			if waiting.Add(-1) == 0 {
+				cancel()
+			}
+		}))
+	}
+	return ctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		cancel()
+	}
+}
+
+// batch is what recording a batch of entries on a pod takes: the patch (nil
+// when nothing is to be written), what the pod must carry afterwards, each
+// call's answer and the Events.
+type batch struct {
 	patch       []byte
 	labels      map[string]string
 	annotations map[string]string
+	results     []Result
+	notices     []announcement
+}
+
+// fold folds every call's entry, in order, into the record on pod, each
+// seeing the record as the ones before it left it, and returns the one write
+// that records them all.
+func (r *Recorder) fold(ctx context.Context, pod *corev1.Pod, calls []*call) batch {
+	sim := *pod // what the pod will hold; only its labels and annotations change
+	sim.Labels, sim.Annotations = maps.Clone(pod.Labels), maps.Clone(pod.Annotations)
+	set := func(into *map[string]string, kv map[string]string) {
+		if *into == nil {
+			*into = map[string]string{}
+		}
+		maps.Copy(*into, kv)
+	}
+	var b batch
+	var setLabels, setAnnotations map[string]string
+	checkLabels, checkAnnotations := map[string]bool{}, map[string]bool{}
+	var real, trial time.Time // the earliest deadline answered, of each kind
+	earliest := func(t *time.Time, d time.Time) {
+		if t.IsZero() || d.Before(*t) {
+			*t = d
+		}
+	}
+	for _, c := range calls {
+		w := r.plan(ctx, &sim, c.req, c.entry)
+		b.results = append(b.results, w.result)
+		if c.req.Trial {
+			earliest(&trial, w.result.Deadline)
+		} else {
+			earliest(&real, w.result.Deadline)
+		}
+		if !w.writes {
+			continue
+		}
+		set(&sim.Labels, w.labels)
+		set(&sim.Annotations, w.annotations)
+		set(&setLabels, w.labels)
+		set(&setAnnotations, w.annotations)
+		for k := range w.labels {
+			checkLabels[k] = true
+		}
+		for _, k := range w.check {
+			checkAnnotations[k] = true
+		}
+		w.notice.pod = pod
+		b.notices = append(b.notices, w.notice)
+	}
+	// Every answer and Event tells the deadline after the whole batch.
+	for i, c := range calls {
+		if c.req.Trial {
+			b.results[i].Deadline = trial
+		} else {
+			b.results[i].Deadline = real
+		}
+	}
+	for i := range b.notices {
+		if b.notices[i].trial {
+			b.notices[i].deadline = trial
+		} else {
+			b.notices[i].deadline = real
+		}
+	}
+	if setAnnotations == nil {
+		return b
+	}
+	b.patch = metadataPatch(pod, setLabels, setAnnotations)
+	b.labels, b.annotations = map[string]string{}, map[string]string{}
+	for k := range checkLabels {
+		b.labels[k] = sim.Labels[k]
+	}
+	for k := range checkAnnotations {
+		b.annotations[k] = sim.Annotations[k]
+	}
+	return b
+}
+
+// write is what recording one entry on a pod changes: the labels and
+// annotations to set (none unless writes), the annotations among them that
+// the pod must carry afterwards, the answer and the Event.
+type write struct {
+	writes      bool
+	labels      map[string]string
+	annotations map[string]string
+	check       []string
 	result      Result
 	notice      announcement
 }
@@ -130,9 +385,8 @@ func (r *Recorder) plan(ctx context.Context, pod *corev1.Pod, req Request, entry
 		if changed == record.OutcomeRepeat {
 			return w
 		}
-		w.annotations = t.Annotations()
-		w.patch = metadataPatch(pod, nil, w.annotations)
-		w.notice = announcement{pod: pod, entry: t.Last, eventUID: t.Last.RequestUID, deadline: t.WouldEvictAt, trial: true}
+		w.writes, w.annotations, w.check = true, t.Annotations(), []string{record.TrialAnnotation}
+		w.notice = announcement{entry: t.Last, eventUID: t.Last.RequestUID, deadline: t.WouldEvictAt, trial: true}
 		if changed == record.OutcomeEarlier {
 			w.notice = earlierNotice(w.notice, existing.Recent, entry)
 		}
@@ -157,11 +411,9 @@ func (r *Recorder) plan(ctx context.Context, pod *corev1.Pod, req Request, entry
 	if changed == record.OutcomeRepeat {
 		return w
 	}
-	w.labels = rec.Labels()
-	all := rec.Annotations()
-	w.annotations = map[string]string{record.DeadlineAnnotation: all[record.DeadlineAnnotation], record.PodUIDAnnotation: all[record.PodUIDAnnotation]}
-	w.patch = metadataPatch(pod, w.labels, all)
-	w.notice = announcement{pod: pod, entry: rec.Last, eventUID: rec.Last.RequestUID, deadline: rec.Deadline}
+	w.writes, w.labels, w.annotations = true, rec.Labels(), rec.Annotations()
+	w.check = []string{record.DeadlineAnnotation, record.PodUIDAnnotation}
+	w.notice = announcement{entry: rec.Last, eventUID: rec.Last.RequestUID, deadline: rec.Deadline}
 	if changed == record.OutcomeEarlier {
 		marks := existing.Recent
 		if len(marks) == 0 {

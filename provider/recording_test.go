@@ -40,7 +40,7 @@ type direct struct {
 func newDirect(t *testing.T, objects ...runtime.Object) *direct {
 	t.Helper()
 	d := &direct{cs: fake.NewClientset(objects...), clock: clocktesting.NewFakeClock(t0)}
-	d.sink = provider.NewEventSink(d.cs, 64)
+	d.sink = provider.NewEventSink(d.cs, 64, 1)
 	d.h = provider.NewRouter(provider.NewHandler(provider.NewRecorder(d.cs, d.clock, d.sink), time.Second))
 	return d
 }

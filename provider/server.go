@@ -57,8 +57,12 @@ type Config struct {
 	// RecordTimeout bounds the work for one request. Keep it below the
 	// Provider object's spec.timeout.
 	RecordTimeout time.Duration
-	// EventQueue is how many Events may wait to be written.
+	// EventQueue is how many Events may wait to be written, and how many
+	// pods may have entries folded into one counting Event when it is full.
 	EventQueue int
+	// EventWriters is how many Events are written at once
+	// (DefaultEventWriters).
+	EventWriters int
 	// DrainDelay is how long the provider keeps serving after SIGTERM, with
 	// /readyz failing and keep-alives off, before it closes its listener: the
 	// time the Service's endpoints take to drop it, during which Gatekeeper
@@ -119,6 +123,9 @@ func (c *Config) Default() {
 	}
 	if c.EventQueue == 0 {
 		c.EventQueue = 1024
+	}
+	if c.EventWriters == 0 {
+		c.EventWriters = DefaultEventWriters
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 10 * time.Second
@@ -220,7 +227,7 @@ func run(ctx context.Context, cfg Config, d deps, reg *prometheus.Registry) erro
 		log.Info("Certificates not loaded yet; waiting", "err", err.Error())
 	}
 	Register(reg)
-	events := NewEventSink(d.client, cfg.EventQueue)
+	events := NewEventSink(d.client, cfg.EventQueue, cfg.EventWriters)
 	handler := NewHandler(NewRecorder(d.client, clock.RealClock{}, events), cfg.RecordTimeout)
 
 	// stop ends serving: the caller's signal, or a part that failed. bg

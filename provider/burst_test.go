@@ -1,0 +1,280 @@
+package provider_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes/fake"
+	clienttesting "k8s.io/client-go/testing"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/exec-reaper/exec-reaper/provider"
+	"github.com/exec-reaper/exec-reaper/record"
+)
+
+// versionedAPI makes a fake clientset keep resourceVersions as the API
+// server does: every write of a pod bumps it, and a merge patch that names
+// another one fails with 409 Conflict. It counts the pod GETs and PATCHes.
+type versionedAPI struct {
+	cs            *fake.Clientset
+	gets, patches atomic.Int64
+	// beforeGet, if set, runs before each GET is answered (n counts from 1).
+	beforeGet func(n int64)
+	// beforePatch, if set, runs before each PATCH is applied.
+	beforePatch func(n int64)
+}
+
+func newVersionedAPI(objects ...runtime.Object) *versionedAPI {
+	a := &versionedAPI{cs: fake.NewClientset(objects...)}
+	podsGVR := corev1.SchemeGroupVersion.WithResource("pods")
+	a.cs.PrependReactor("get", "pods", func(act clienttesting.Action) (bool, runtime.Object, error) {
+		n := a.gets.Add(1)
+		if a.beforeGet != nil {
+			a.beforeGet(n)
+		}
+		return false, nil, nil
+	})
+	a.cs.PrependReactor("patch", "pods", func(act clienttesting.Action) (bool, runtime.Object, error) {
+		n := a.patches.Add(1)
+		if a.beforePatch != nil {
+			a.beforePatch(n)
+		}
+		p := act.(clienttesting.PatchAction)
+		var patch struct {
+			Metadata struct {
+				ResourceVersion string            `json:"resourceVersion"`
+				Labels          map[string]string `json:"labels"`
+				Annotations     map[string]string `json:"annotations"`
+			} `json:"metadata"`
+		}
+		if err := json.Unmarshal(p.GetPatch(), &patch); err != nil {
+			return true, nil, apierrors.NewBadRequest(err.Error())
+		}
+		obj, err := a.cs.Tracker().Get(podsGVR, p.GetNamespace(), p.GetName())
+		if err != nil {
+			return true, nil, err
+		}
+		pod := obj.(*corev1.Pod).DeepCopy()
+		if rv := patch.Metadata.ResourceVersion; rv != "" && rv != pod.ResourceVersion {
+			return true, nil, apierrors.NewConflict(podsGVR.GroupResource(), pod.Name, errors.New("the object has been modified"))
+		}
+		a.bump(pod)
+		for k, v := range patch.Metadata.Labels {
+			if pod.Labels == nil {
+				pod.Labels = map[string]string{}
+			}
+			pod.Labels[k] = v
+		}
+		for k, v := range patch.Metadata.Annotations {
+			if pod.Annotations == nil {
+				pod.Annotations = map[string]string{}
+			}
+			pod.Annotations[k] = v
+		}
+		if err := a.cs.Tracker().Update(podsGVR, pod, pod.Namespace); err != nil {
+			return true, nil, err
+		}
+		return true, pod, nil
+	})
+	return a
+}
+
+// bump gives pod the next resourceVersion.
+func (a *versionedAPI) bump(pod *corev1.Pod) {
+	n, _ := strconv.Atoi(pod.ResourceVersion)
+	pod.ResourceVersion = strconv.Itoa(n + 1)
+}
+
+// otherWriter changes the test pod behind the provider's back, as the
+// kubelet or a second replica would.
+func (a *versionedAPI) otherWriter(t *testing.T) {
+	podsGVR := corev1.SchemeGroupVersion.WithResource("pods")
+	obj, err := a.cs.Tracker().Get(podsGVR, namespace, podName)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	pod := obj.(*corev1.Pod).DeepCopy()
+	a.bump(pod)
+	pod.Annotations["other-writer"] = pod.ResourceVersion
+	if err := a.cs.Tracker().Update(podsGVR, pod, namespace); err != nil {
+		t.Error(err)
+	}
+}
+
+// burstEntry is the i-th entry of a burst: ten users, each command distinct,
+// so that none repeats another (record.RepeatWindow).
+func burstEntry(t *testing.T, i int, ttl string) provider.Request {
+	t.Helper()
+	r := execBy(fmt.Sprintf("user-%d@example.com", i%10), fmt.Sprintf("req-%03d", i), ttl)
+	r.Command = []string{"sh", "-c", fmt.Sprintf("echo %d", i)}
+	req, err := provider.Decode(keyFor(t, r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+// TestRecorderCoalescesABurst: 100 concurrent entries into one pod, while the
+// first one's GET is in flight, are written together: every entry recorded,
+// every caller answered with the earliest deadline any of them asked for, in
+// two PATCHes and one GET (the second batch is bound to the resourceVersion
+// the first PATCH returned), with one Event per entry. Before, each entry did
+// its own GET and PATCH, and concurrent PATCHes conflicted until some gave up
+// after maxConflicts ("could not record").
+func TestRecorderCoalescesABurst(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		// otherWriter changes the pod just before that PATCH (0: never).
+		otherWriterAt        int64
+		wantGets, wantPatchs int64
+	}{
+		{name: "alone", wantGets: 1, wantPatchs: 2},
+		// A conflict re-reads the pod and re-folds the whole batch once.
+		{name: "with another writer", otherWriterAt: 2, wantGets: 2, wantPatchs: 3},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			const n = 100
+			api := newVersionedAPI(newPod(nil))
+			inGet, release := make(chan struct{}), make(chan struct{})
+			api.beforeGet = func(n int64) {
+				if n == 1 {
+					close(inGet)
+					<-release
+				}
+			}
+			api.beforePatch = func(n int64) {
+				if n == tt.otherWriterAt {
+					api.otherWriter(t)
+				}
+			}
+			sink := provider.NewEventSink(api.cs, 2*n, 0)
+			rec := provider.NewRecorder(api.cs, clocktesting.NewFakeClock(t0), sink)
+			ctx, cancel := context.WithTimeout(quiet(), pollTimeout)
+			defer cancel()
+
+			results := make([]provider.Result, n)
+			errs := make([]error, n)
+			var wg sync.WaitGroup
+			start := func(i int) {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					ttl := "1h"
+					if i == 57 {
+						ttl = "10m" // the earliest deadline, in the middle of the burst
+					}
+					results[i], errs[i] = rec.Record(ctx, burstEntry(t, i, ttl))
+				}()
+			}
+			start(0)
+			<-inGet // the first entry's batch is reading the pod
+			for i := 1; i < n; i++ {
+				start(i)
+			}
+			if err := wait.PollUntilContextTimeout(ctx, time.Millisecond, pollTimeout, true, func(context.Context) (bool, error) {
+				return rec.Waiting(namespace, podName) == n-1, nil
+			}); err != nil {
+				t.Fatalf("%d entries waiting, want %d: %v", rec.Waiting(namespace, podName), n-1, err)
+			}
+			close(release)
+			wg.Wait()
+
+			outcomes := map[record.Outcome]int{}
+			for i := range n {
+				if errs[i] != nil {
+					t.Fatalf("entry %d: %v", i, errs[i])
+				}
+				outcomes[results[i].Outcome]++
+				want := t0.Add(10 * time.Minute)
+				if i == 0 {
+					want = t0.Add(time.Hour) // its batch was written before the others arrived
+				}
+				if !results[i].Deadline.Equal(want) {
+					t.Errorf("entry %d: deadline %s, want %s", i, results[i].Deadline, want)
+				}
+			}
+			if outcomes[record.OutcomeFirst] != 1 || outcomes[record.OutcomeAdded] != n-1 {
+				t.Errorf("outcomes %v, want 1 first and %d added", outcomes, n-1)
+			}
+			pod := getPod(t, api.cs)
+			r, err := record.Read(pod.Labels, pod.Annotations)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Entries != n || !r.Deadline.Equal(t0.Add(10*time.Minute)) || r.First.RequestUID != "req-000" || r.Last.RequestUID != "req-099" {
+				t.Errorf("record: %d entries, deadline %s, first %s, last %s; want %d, %s, req-000, req-099",
+					r.Entries, r.Deadline, r.First.RequestUID, r.Last.RequestUID, n, t0.Add(10*time.Minute))
+			}
+			if tt.otherWriterAt != 0 && pod.Annotations["other-writer"] == "" {
+				t.Error("the other writer's change was lost")
+			}
+			if g, p := api.gets.Load(), api.patches.Load(); g != tt.wantGets || p != tt.wantPatchs {
+				t.Errorf("%d GETs and %d PATCHes, want %d and %d", g, p, tt.wantGets, tt.wantPatchs)
+			}
+			drain(t, sink)
+			if evs := listEvents(t, api.cs); len(evs) != n {
+				t.Errorf("%d Events, want one per entry (%d)", len(evs), n)
+			}
+		})
+	}
+}
+
+// TestRecorderConcurrentPods: entries into several pods at once, with no
+// lining up, under the race detector: all recorded, none failed, no more
+// writes than entries.
+func TestRecorderConcurrentPods(t *testing.T) {
+	const pods, perPod = 5, 40
+	var objects []runtime.Object
+	for p := range pods {
+		pod := newPod(nil)
+		pod.Name = fmt.Sprintf("web-%d", p)
+		pod.UID = types.UID(fmt.Sprintf("%s-%d", podUID, p))
+		objects = append(objects, pod)
+	}
+	api := newVersionedAPI(objects...)
+	rec := provider.NewRecorder(api.cs, clocktesting.NewFakeClock(t0), nil)
+	ctx, cancel := context.WithTimeout(quiet(), pollTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for i := range pods * perPod {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req := burstEntry(t, i, "1h")
+			req.Name = fmt.Sprintf("web-%d", i%pods)
+			if _, err := rec.Record(ctx, req); err != nil {
+				failed.Add(1)
+				t.Errorf("entry %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	for p := range pods {
+		obj, err := api.cs.Tracker().Get(corev1.SchemeGroupVersion.WithResource("pods"), namespace, fmt.Sprintf("web-%d", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod := obj.(*corev1.Pod)
+		r, err := record.Read(pod.Labels, pod.Annotations)
+		if err != nil || r.Entries != perPod {
+			t.Errorf("pod %s: %d entries (%v), want %d", pod.Name, r.Entries, err, perPod)
+		}
+	}
+	if p := api.patches.Load(); p > pods*perPod {
+		t.Errorf("%d PATCHes for %d entries", p, pods*perPod)
+	}
+}
