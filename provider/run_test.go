@@ -52,7 +52,7 @@ func newSlowAPI(t *testing.T) *slowAPI {
 	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		switch {
-		case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/pods/web-0"):
+		case r.Method == http.MethodGet && (strings.HasSuffix(r.URL.Path, "/pods/web-0") || strings.HasSuffix(r.URL.Path, "/pods/web-1")):
 			a.entered <- struct{}{}
 			select {
 			case <-a.release:
@@ -159,8 +159,8 @@ func TestRunDrain(t *testing.T) {
 		pr   ProviderResponse
 		err  error
 	}
-	post := func(uid string) answer {
-		body := requestBody(t, uid)
+	post := func(uid, pod string) answer {
+		body := requestBody(t, uid, pod)
 		resp, err := gatekeeper.Post(url, "application/json", bytes.NewReader(body))
 		if err != nil {
 			return answer{err: err}
@@ -171,7 +171,7 @@ func TestRunDrain(t *testing.T) {
 		return answer{resp: resp, pr: pr, err: err}
 	}
 	inflight := make(chan answer, 1)
-	go func() { inflight <- post("in-flight") }()
+	go func() { inflight <- post("in-flight", "web-0") }()
 	api.waitEntered(t, "the first request")
 	stopped := time.Now()
 	stop()
@@ -180,9 +180,11 @@ func TestRunDrain(t *testing.T) {
 		t.Errorf("/readyz while draining says %q, want it to say draining", body)
 	}
 
-	// A request that arrives during the delay is still served.
+	// A request that arrives during the delay is still served. (Into
+	// another pod: one into the same pod would wait for the first one's
+	// write, see Recorder.RecordAt.)
 	during := make(chan answer, 1)
-	go func() { during <- post("during-drain") }()
+	go func() { during <- post("during-drain", "web-1") }()
 	select {
 	case <-api.entered:
 	case a := <-during:
@@ -224,9 +226,9 @@ func TestRunDrain(t *testing.T) {
 	}
 }
 
-func requestBody(t *testing.T, uid string) []byte {
+func requestBody(t *testing.T, uid, pod string) []byte {
 	t.Helper()
-	key, err := json.Marshal(Request{UID: uid, Namespace: "team-a", Name: "web-0", TTL: "1h", User: "alice",
+	key, err := json.Marshal(Request{UID: uid, Namespace: "team-a", Name: pod, TTL: "1h", User: "alice",
 		Groups: []string{}, Operation: record.OpExec, Container: "app", Command: []string{"sh", uid}})
 	if err != nil {
 		t.Fatal(err)
