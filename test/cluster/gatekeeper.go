@@ -52,6 +52,11 @@ const (
 	// GatekeeperCheckIgnoreLabelWebhook is the webhook that stops namespaces
 	// other than Gatekeeper's from setting admission.gatekeeper.sh/ignore.
 	GatekeeperCheckIgnoreLabelWebhook = "check-ignore-label.gatekeeper.sh"
+	// GatekeeperMaxServingThreads is the manager's --max-serving-threads:
+	// what charts/gatekeeper-values.yaml recommends (its maxServingThreads;
+	// TestGatekeeperValuesMatch keeps them equal), so that the suite and its
+	// benchmarks run the Gatekeeper exec-reaper tells teams to run.
+	GatekeeperMaxServingThreads = 100
 )
 
 // gatekeeperSubResources is the chart's validatingWebhookSubResources
@@ -179,6 +184,7 @@ func (c *Cluster) startGatekeeper(ctx context.Context, pre323 bool) error {
 		"--metrics-addr=0",
 		"--prometheus-port=" + strconv.Itoa(promPort),
 		"--enable-external-data=true",
+		"--max-serving-threads=" + strconv.Itoa(GatekeeperMaxServingThreads),
 		"--external-data-provider-response-cache-ttl=3m",
 		"--exempt-namespace=" + GatekeeperNamespace,
 		"--log-denies=true",
