@@ -1,0 +1,388 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/exec-reaper/exec-reaper/record"
+)
+
+// Bursts of entries: execs released together, by burstUsers users, into
+// admission-only pods (admission runs before the API server looks for a
+// node) of a namespace of their own with a deny constraint (ttl 1h, so
+// nothing is evicted meanwhile): an exec is either recorded or refused, and
+// one admitted without a record can only come from the API server failing
+// open on Gatekeeper's webhook, which apiserver_admission_webhook_fail_open_count
+// counts.
+const (
+	burstNS         = "e2e-burst"
+	burstConstraint = "exec-reaper-burst"
+	burstUsers      = 10
+	burstPods       = 100
+	burstGroup      = "e2e-burst-users"
+	// burstTimeout bounds one exec of a burst, well past the webhook's 3 s.
+	burstTimeout = 30 * time.Second
+)
+
+// burstEnv is what every burst shares: the namespace, its pods and a client
+// per user. It is made once per run (a benchmark function runs more than once).
+type burstEnv struct {
+	pods    []string
+	clients []kubernetes.Interface
+	seq     int // numbers execs across bursts, so each is a distinct entry
+}
+
+var (
+	burstOnce  sync.Once
+	burstSetup *burstEnv
+	burstErr   error
+	// burstResults caches each burst's figures: a benchmark function is
+	// called once with b.N = 1 and again with -benchtime's N, and a burst
+	// is one experiment, not b.N operations.
+	burstResults = map[string]burstResult{}
+)
+
+func burstEnvironment(b *testing.B) *burstEnv {
+	b.Helper()
+	failWithLogs(b)
+	burstOnce.Do(func() { burstSetup, burstErr = newBurstEnv(b) })
+	if burstErr != nil {
+		b.Fatal(burstErr)
+	}
+	return burstSetup
+}
+
+func newBurstEnv(b *testing.B) (*burstEnv, error) {
+	ctx := context.Background()
+	namespace(b, burstNS)
+	if err := excludeFromDefault(ctx, burstNS); err != nil {
+		return nil, err
+	}
+	cs := c.Dynamic().Resource(execReaperConstraints)
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "constraints.gatekeeper.sh/v1beta1",
+		"kind":       "K8sExecReaper",
+		"metadata":   map[string]any{"name": burstConstraint},
+		"spec": map[string]any{
+			"enforcementAction": "deny",
+			"match": map[string]any{
+				"kinds":      []any{map[string]any{"apiGroups": []any{""}, "kinds": []any{"PodExecOptions", "PodAttachOptions", "Pod"}}},
+				"namespaces": []any{burstNS},
+			},
+			"parameters": map[string]any{"ttl": "1h", "recordCommand": "full"},
+		},
+	}}
+	poll(b, "constraint "+burstConstraint+" created", constraintTimeout, func(ctx context.Context) (bool, error) {
+		_, err := cs.Create(ctx, obj, metav1.CreateOptions{})
+		return err == nil || apierrors.IsAlreadyExists(err), nil
+	})
+	waitEnforcedTB(b, burstConstraint)
+
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "e2e-burst-users"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "e2e-developer"},
+		Subjects:   []rbacv1.Subject{{Kind: "Group", APIGroup: rbacv1.GroupName, Name: burstGroup}},
+	}
+	if _, err := c.Client().RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, err
+	}
+	e := &burstEnv{}
+	for u := range burstUsers {
+		kc, err := c.Kubeconfig(fmt.Sprintf("burst-%d", u), fmt.Sprintf("burst-user-%d@example.com", u), burstGroup, "system:authenticated")
+		if err != nil {
+			return nil, err
+		}
+		cfg, err := c.RESTConfig(kc)
+		if err != nil {
+			return nil, err
+		}
+		cfg.QPS = -1 // released together means together: no client-side limit
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, err
+		}
+		e.clients = append(e.clients, client)
+	}
+	for p := range burstPods {
+		name := fmt.Sprintf("burst-%03d", p)
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: burstNS}, Spec: appSpec()}
+		if _, err := c.Client().CoreV1().Pods(burstNS).Create(ctx, pod, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return nil, err
+		}
+		e.pods = append(e.pods, name)
+	}
+	return e, nil
+}
+
+// excludeFromDefault takes ns out of the suite's default constraint (ttl 5 s).
+func excludeFromDefault(ctx context.Context, ns string) error {
+	cs := c.Dynamic().Resource(execReaperConstraints)
+	for range 20 {
+		obj, err := cs.Get(ctx, defaultConstraint, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		excluded, _, _ := unstructured.NestedStringSlice(obj.Object, "spec", "match", "excludedNamespaces")
+		if slices.Contains(excluded, ns) {
+			return nil
+		}
+		if err := unstructured.SetNestedStringSlice(obj.Object, append(excluded, ns), "spec", "match", "excludedNamespaces"); err != nil {
+			return err
+		}
+		if _, err = cs.Update(ctx, obj, metav1.UpdateOptions{}); err == nil {
+			return nil
+		} else if !apierrors.IsConflict(err) {
+			return err
+		}
+	}
+	return fmt.Errorf("excluding %s from the default constraint: conflicts every time", ns)
+}
+
+// waitEnforcedTB is waitEnforced for a benchmark.
+func waitEnforcedTB(b *testing.B, name string) {
+	b.Helper()
+	cs := c.Dynamic().Resource(execReaperConstraints)
+	poll(b, "constraint "+name+" enforced", constraintTimeout, func(ctx context.Context) (bool, error) {
+		obj, err := cs.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		byPod, _, _ := unstructured.NestedSlice(obj.Object, "status", "byPod")
+		for _, p := range byPod {
+			m, _ := p.(map[string]any)
+			if enforced, _, _ := unstructured.NestedBool(m, "enforced"); !enforced {
+				return false, nil
+			}
+		}
+		return len(byPod) > 0, nil
+	})
+}
+
+// burstResult is what one burst measured.
+type burstResult struct {
+	execs, admitted, refused, failed int
+	recorded                         int // entries the burst added to the pods' records
+	failOpen                         float64
+	wall                             time.Duration
+	latencies                        []time.Duration
+}
+
+// failOpenCount reads the API server's count of webhook calls it failed open on.
+func failOpenCount(b *testing.B) float64 {
+	b.Helper()
+	raw, err := c.Client().CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return metric(string(raw), "apiserver_admission_webhook_fail_open_count", "")
+}
+
+// entries sums the record entries on pods.
+func entries(b *testing.B, pods []string) int {
+	b.Helper()
+	n := 0
+	for _, name := range pods {
+		p, err := c.Client().CoreV1().Pods(burstNS).Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if rec, err := record.Read(p.Labels, p.Annotations); err == nil {
+			n += rec.Entries
+		}
+	}
+	return n
+}
+
+// burst releases n execs together, exec i by user i%burstUsers into
+// pods[i%len(pods)], each a REST CONNECT POST to pods/exec as kubectl's
+// first request is, and counts what became of them.
+func (e *burstEnv) burst(b *testing.B, n int, pods []string) burstResult {
+	b.Helper()
+	before, openBefore := entries(b, uniq(pods)), failOpenCount(b)
+	r := burstResult{execs: n, latencies: make([]time.Duration, n)}
+	outcome := make([]string, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	base := e.seq
+	e.seq += n
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), burstTimeout)
+			defer cancel()
+			req := e.clients[i%burstUsers].CoreV1().RESTClient().Post().Namespace(burstNS).Resource("pods").
+				Name(pods[i%len(pods)]).SubResource("exec").
+				Param("container", "app").Param("command", "sh").Param("command", "-c").
+				Param("command", fmt.Sprintf("echo burst-%d", base+i)).Param("stdout", "true")
+			<-start
+			t0 := time.Now()
+			err := req.Do(ctx).Error()
+			r.latencies[i] = time.Since(t0)
+			switch {
+			case err == nil:
+				outcome[i] = "admitted"
+			case strings.Contains(err.Error(), "denied the request"):
+				outcome[i] = "refused"
+			case strings.Contains(err.Error(), "does not have a host assigned"):
+				outcome[i] = "admitted" // admitted, then no node to connect to
+			default:
+				outcome[i] = "failed: " + err.Error()
+			}
+		}()
+	}
+	t0 := time.Now()
+	close(start)
+	wg.Wait()
+	r.wall = time.Since(t0)
+	for _, o := range outcome {
+		switch {
+		case o == "admitted":
+			r.admitted++
+		case o == "refused":
+			r.refused++
+		default:
+			r.failed++
+			if r.failed <= 3 {
+				b.Logf("exec %s", o)
+			}
+		}
+	}
+	r.recorded = entries(b, uniq(pods)) - before
+	r.failOpen = failOpenCount(b) - openBefore
+	return r
+}
+
+func uniq(s []string) []string {
+	out := slices.Clone(s)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// percentile returns the q-quantile of ls in milliseconds.
+func percentile(ls []time.Duration, q float64) float64 {
+	s := slices.Clone(ls)
+	slices.Sort(s)
+	return float64(s[int(q*float64(len(s)-1))].Microseconds()) / 1000
+}
+
+// getPatchFloor is the floor of a burst into pods: the provider's API round
+// trips without the provider or Gatekeeper, one GET and one
+// resourceVersion-bound PATCH of pods/status per pod, all at once, as the
+// admin.
+func getPatchFloor(b *testing.B, pods []string) time.Duration {
+	b.Helper()
+	client := c.Client().CoreV1().Pods(burstNS)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make([]error, len(pods))
+	for i, name := range pods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			ctx := context.Background()
+			p, err := client.Get(ctx, name, metav1.GetOptions{})
+			if err == nil {
+				patch := fmt.Sprintf(`{"metadata":{"resourceVersion":%q,"annotations":{"bench-floor":"%d"}}}`, p.ResourceVersion, time.Now().UnixNano())
+				_, err = client.Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}, "status")
+			}
+			errs[i] = err
+		}()
+	}
+	t0 := time.Now()
+	close(start)
+	wg.Wait()
+	wall := time.Since(t0)
+	for _, err := range errs {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	return wall
+}
+
+// BenchmarkBurst releases bursts of execs and reports, for each, the execs
+// admitted, refused, failed otherwise, the entries recorded and the webhook
+// calls the API server failed open on (admitted with no record): the last
+// must be 0. Into one pod it reports admission p50/p99; into 100 pods the
+// throughput beside the GET+PATCH floor measured just before it.
+func BenchmarkBurst(b *testing.B) {
+	for _, tt := range []struct {
+		name    string
+		n       int
+		onePod  bool
+		compare bool // measure the floor beside it
+	}{
+		{name: "100-into-100-pods", n: 100, compare: true},
+		{name: "100-into-one-pod", n: 100, onePod: true},
+		{name: "500-into-100-pods", n: 500},
+		{name: "500-into-one-pod", n: 500, onePod: true},
+	} {
+		b.Run(tt.name, func(b *testing.B) {
+			r, ok := burstResults[tt.name]
+			var floor time.Duration
+			if !ok {
+				e := burstEnvironment(b)
+				pods := e.pods
+				if tt.onePod {
+					// A pod of its own per burst, so its record counts this burst alone.
+					name := "burst-one-" + tt.name
+					pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: burstNS}, Spec: appSpec()}
+					if _, err := c.Client().CoreV1().Pods(burstNS).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+						b.Fatal(err)
+					}
+					pods = []string{name}
+				}
+				if tt.compare {
+					floor = getPatchFloor(b, pods)
+				}
+				r = e.burst(b, tt.n, pods)
+				burstFloors[tt.name] = floor
+				burstResults[tt.name] = r
+			}
+			floor = burstFloors[tt.name]
+			b.ReportMetric(float64(r.admitted), "admitted")
+			b.ReportMetric(float64(r.refused), "refused")
+			b.ReportMetric(float64(r.failed), "failed")
+			b.ReportMetric(float64(r.recorded), "recorded")
+			b.ReportMetric(float64(max(0, r.admitted-r.recorded)), "admitted-unrecorded")
+			b.ReportMetric(r.failOpen, "fail-open")
+			b.ReportMetric(percentile(r.latencies, 0.50), "p50-ms")
+			b.ReportMetric(percentile(r.latencies, 0.99), "p99-ms")
+			b.ReportMetric(float64(r.execs)/r.wall.Seconds(), "execs/s")
+			if floor > 0 {
+				b.ReportMetric(float64(r.execs)/floor.Seconds(), "floor-getpatch/s")
+				b.ReportMetric(r.wall.Seconds()/floor.Seconds(), "x-floor")
+			}
+			if !ok {
+				fmt.Fprintf(os.Stderr, "burst %-18s execs %3d admitted %3d refused %3d failed %3d recorded %3d admitted-unrecorded %3d fail-open %3.0f p50 %7.1f ms p99 %7.1f ms %6.1f execs/s",
+					tt.name, r.execs, r.admitted, r.refused, r.failed, r.recorded, max(0, r.admitted-r.recorded), r.failOpen,
+					percentile(r.latencies, 0.5), percentile(r.latencies, 0.99), float64(r.execs)/r.wall.Seconds())
+				if floor > 0 {
+					fmt.Fprintf(os.Stderr, " floor GET+PATCH %6.1f /s (%.2fx its time)", float64(r.execs)/floor.Seconds(), r.wall.Seconds()/floor.Seconds())
+				}
+				fmt.Fprintln(os.Stderr)
+			}
+		})
+	}
+}
+
+// burstFloors caches the floors measured beside the bursts.
+var burstFloors = map[string]time.Duration{}
