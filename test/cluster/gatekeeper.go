@@ -184,7 +184,7 @@ func (c *Cluster) startGatekeeper(ctx context.Context, pre323 bool) error {
 		"--metrics-addr=0",
 		"--prometheus-port=" + strconv.Itoa(promPort),
 		"--enable-external-data=true",
-		"--max-serving-threads=" + strconv.Itoa(GatekeeperMaxServingThreads),
+		"--max-serving-threads=" + strconv.Itoa(gatekeeperMaxServingThreads()),
 		"--external-data-provider-response-cache-ttl=3m",
 		"--exempt-namespace=" + GatekeeperNamespace,
 		"--log-denies=true",
@@ -227,6 +227,16 @@ func (c *Cluster) startGatekeeper(ctx context.Context, pre323 bool) error {
 	}
 	c.logf("gatekeeper webhook effective")
 	return nil
+}
+
+// gatekeeperMaxServingThreads is GatekeeperMaxServingThreads, or the value of
+// EXEC_REAPER_GATEKEEPER_MAX_SERVING_THREADS when set: a benchmark run may try
+// another setting (BENCHMARKS.md compares them) without editing the source.
+func gatekeeperMaxServingThreads() int {
+	if v, err := strconv.Atoi(os.Getenv("EXEC_REAPER_GATEKEEPER_MAX_SERVING_THREADS")); err == nil && v != 0 {
+		return v
+	}
+	return GatekeeperMaxServingThreads
 }
 
 // gatekeeperWebhookConfiguration mirrors the chart's

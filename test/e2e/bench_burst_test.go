@@ -5,6 +5,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -19,8 +22,10 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/record"
+	"github.com/exec-reaper/exec-reaper/test/cluster"
 )
 
 // Bursts of entries: execs released together, by burstUsers users, into
@@ -179,6 +184,10 @@ type burstResult struct {
 	execs, admitted, refused, failed int
 	recorded                         int // entries the burst added to the pods' records
 	failOpen                         float64
+	// providerMs and gatekeeperMs are the mean time of one provider request
+	// and of one Gatekeeper validation review during the burst (from their
+	// histograms), to tell where the time went.
+	providerMs, gatekeeperMs float64
 	wall                             time.Duration
 	latencies                        []time.Duration
 }
@@ -191,6 +200,35 @@ func failOpenCount(b *testing.B) float64 {
 		b.Fatal(err)
 	}
 	return metric(string(raw), "apiserver_admission_webhook_fail_open_count", "")
+}
+
+// meanSums returns the sums of the _sum and _count of histogram name over
+// every provider replica (gatekeeper false) or Gatekeeper's metrics.
+func meanSums(b *testing.B, name string, gatekeeper bool) (sum, count float64) {
+	b.Helper()
+	var texts []string
+	if gatekeeper {
+		resp, err := http.Get(c.GatekeeperMetricsURL)
+		if err != nil {
+			b.Fatal(err)
+		}
+		raw, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		texts = []string{string(raw)}
+	} else {
+		var err error
+		if texts, err = inst.EachProviderMetrics(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, t := range texts {
+		sum += metric(t, name+"_sum", "")
+		count += metric(t, name+"_count", "")
+	}
+	return sum, count
 }
 
 // entries sums the record entries on pods.
@@ -215,6 +253,8 @@ func entries(b *testing.B, pods []string) int {
 func (e *burstEnv) burst(b *testing.B, n int, pods []string) burstResult {
 	b.Helper()
 	before, openBefore := entries(b, uniq(pods)), failOpenCount(b)
+	pSum, pCount := meanSums(b, "exec_reaper_provider_request_duration_seconds", false)
+	gSum, gCount := meanSums(b, "gatekeeper_validation_request_duration_seconds", true)
 	r := burstResult{execs: n, latencies: make([]time.Duration, n)}
 	outcome := make([]string, n)
 	start := make(chan struct{})
@@ -238,7 +278,9 @@ func (e *burstEnv) burst(b *testing.B, n int, pods []string) burstResult {
 			switch {
 			case err == nil:
 				outcome[i] = "admitted"
-			case strings.Contains(err.Error(), "denied the request"):
+			case strings.Contains(err.Error(), "denied the request"),
+				// failurePolicy Fail: the webhook did not answer in time.
+				strings.Contains(err.Error(), "failed calling webhook"):
 				outcome[i] = "refused"
 			case strings.Contains(err.Error(), "does not have a host assigned"):
 				outcome[i] = "admitted" // admitted, then no node to connect to
@@ -266,6 +308,14 @@ func (e *burstEnv) burst(b *testing.B, n int, pods []string) burstResult {
 	}
 	r.recorded = entries(b, uniq(pods)) - before
 	r.failOpen = failOpenCount(b) - openBefore
+	pSum2, pCount2 := meanSums(b, "exec_reaper_provider_request_duration_seconds", false)
+	gSum2, gCount2 := meanSums(b, "gatekeeper_validation_request_duration_seconds", true)
+	if pCount2 > pCount {
+		r.providerMs = 1000 * (pSum2 - pSum) / (pCount2 - pCount)
+	}
+	if gCount2 > gCount {
+		r.gatekeeperMs = 1000 * (gSum2 - gSum) / (gCount2 - gCount)
+	}
 	return r
 }
 
@@ -329,11 +379,16 @@ func BenchmarkBurst(b *testing.B) {
 		n       int
 		onePod  bool
 		compare bool // measure the floor beside it
+		// failClosed reviews CONNECT in a webhook of its own with
+		// failurePolicy Fail (charts/gatekeeper-connect-webhook.yaml).
+		failClosed bool
 	}{
 		{name: "100-into-100-pods", n: 100, compare: true},
 		{name: "100-into-one-pod", n: 100, onePod: true},
 		{name: "500-into-100-pods", n: 500},
 		{name: "500-into-one-pod", n: 500, onePod: true},
+		{name: "500-into-100-pods-fail-closed", n: 500, failClosed: true},
+		{name: "500-into-one-pod-fail-closed", n: 500, onePod: true, failClosed: true},
 	} {
 		b.Run(tt.name, func(b *testing.B) {
 			r, ok := burstResults[tt.name]
@@ -353,6 +408,9 @@ func BenchmarkBurst(b *testing.B) {
 				if tt.compare {
 					floor = getPatchFloor(b, pods)
 				}
+				if tt.failClosed {
+					defer failClosedConnect(b, e.pods[0])()
+				}
 				r = e.burst(b, tt.n, pods)
 				burstFloors[tt.name] = floor
 				burstResults[tt.name] = r
@@ -364,6 +422,8 @@ func BenchmarkBurst(b *testing.B) {
 			b.ReportMetric(float64(r.recorded), "recorded")
 			b.ReportMetric(float64(max(0, r.admitted-r.recorded)), "admitted-unrecorded")
 			b.ReportMetric(r.failOpen, "fail-open")
+			b.ReportMetric(r.providerMs, "provider-mean-ms")
+			b.ReportMetric(r.gatekeeperMs, "gatekeeper-review-mean-ms")
 			b.ReportMetric(percentile(r.latencies, 0.50), "p50-ms")
 			b.ReportMetric(percentile(r.latencies, 0.99), "p99-ms")
 			b.ReportMetric(float64(r.execs)/r.wall.Seconds(), "execs/s")
@@ -372,9 +432,9 @@ func BenchmarkBurst(b *testing.B) {
 				b.ReportMetric(r.wall.Seconds()/floor.Seconds(), "x-floor")
 			}
 			if !ok {
-				fmt.Fprintf(os.Stderr, "burst %-18s execs %3d admitted %3d refused %3d failed %3d recorded %3d admitted-unrecorded %3d fail-open %3.0f p50 %7.1f ms p99 %7.1f ms %6.1f execs/s",
+				fmt.Fprintf(os.Stderr, "burst %-29s execs %3d admitted %3d refused %3d failed %3d recorded %3d admitted-unrecorded %3d fail-open %3.0f p50 %7.1f ms p99 %7.1f ms %6.1f execs/s; mean provider request %6.1f ms, Gatekeeper review %6.1f ms",
 					tt.name, r.execs, r.admitted, r.refused, r.failed, r.recorded, max(0, r.admitted-r.recorded), r.failOpen,
-					percentile(r.latencies, 0.5), percentile(r.latencies, 0.99), float64(r.execs)/r.wall.Seconds())
+					percentile(r.latencies, 0.5), percentile(r.latencies, 0.99), float64(r.execs)/r.wall.Seconds(), r.providerMs, r.gatekeeperMs)
 				if floor > 0 {
 					fmt.Fprintf(os.Stderr, " floor GET+PATCH %6.1f /s (%.2fx its time)", float64(r.execs)/floor.Seconds(), r.wall.Seconds()/floor.Seconds())
 				}
@@ -382,6 +442,74 @@ func BenchmarkBurst(b *testing.B) {
 			}
 		})
 	}
+}
+
+// failClosedConnect moves CONNECT out of Gatekeeper's webhook into a second
+// one with failurePolicy Fail, as charts/gatekeeper-connect-webhook.yaml
+// does, until the returned function undoes it.
+func failClosedConnect(b *testing.B, probePod string) func() {
+	b.Helper()
+	ctx := context.Background()
+	vwcs := c.Client().AdmissionregistrationV1().ValidatingWebhookConfigurations()
+	orig, err := vwcs.Get(ctx, cluster.GatekeeperWebhookConfiguration, metav1.GetOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var main admissionregistrationv1.ValidatingWebhook
+	for _, w := range orig.Webhooks {
+		if w.Name == cluster.GatekeeperValidationWebhook {
+			main = *w.DeepCopy()
+		}
+	}
+	connect := main.DeepCopy()
+	connect.Name = "connect.validation.gatekeeper.sh"
+	connect.FailurePolicy = ptr.To(admissionregistrationv1.Fail)
+	scope := admissionregistrationv1.NamespacedScope
+	connect.Rules = []admissionregistrationv1.RuleWithOperations{{
+		Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Connect},
+		Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"},
+			Resources: []string{"pods/exec", "pods/attach", "pods/portforward"}, Scope: &scope},
+	}}
+	second := &admissionregistrationv1.ValidatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: "exec-reaper-gatekeeper-connect"},
+		Webhooks:   []admissionregistrationv1.ValidatingWebhook{*connect},
+	}
+	if _, err := vwcs.Create(ctx, second, metav1.CreateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	without := orig.DeepCopy()
+	for i := range without.Webhooks {
+		for j := range without.Webhooks[i].Rules {
+			without.Webhooks[i].Rules[j].Operations = slices.DeleteFunc(without.Webhooks[i].Rules[j].Operations,
+				func(o admissionregistrationv1.OperationType) bool { return o == admissionregistrationv1.Connect })
+		}
+	}
+	if _, err := vwcs.Update(ctx, without, metav1.UpdateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	undo := func() {
+		_ = vwcs.Delete(ctx, second.Name, metav1.DeleteOptions{})
+		cur, err := vwcs.Get(ctx, orig.Name, metav1.GetOptions{})
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		orig.ResourceVersion = cur.ResourceVersion
+		if _, err := vwcs.Update(ctx, orig, metav1.UpdateOptions{}); err != nil {
+			b.Error(err)
+		}
+	}
+	// Effective once an exec is reviewed through the second webhook.
+	poll(b, "the fail-closed CONNECT webhook to be called", constraintTimeout, func(ctx context.Context) (bool, error) {
+		_ = c.Client().CoreV1().RESTClient().Post().Namespace(burstNS).Resource("pods").Name(probePod).SubResource("exec").
+			Param("container", "app").Param("command", "true").Param("stdout", "true").Do(ctx).Error()
+		raw, err := c.Client().CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+		if err != nil {
+			return false, nil
+		}
+		return metric(string(raw), "apiserver_admission_webhook_admission_duration_seconds_count", `name="connect.validation.gatekeeper.sh"`) > 0, nil
+	})
+	return undo
 }
 
 // burstFloors caches the floors measured beside the bursts.
