@@ -188,8 +188,8 @@ type burstResult struct {
 	// and of one Gatekeeper validation review during the burst (from their
 	// histograms), to tell where the time went.
 	providerMs, gatekeeperMs float64
-	wall                             time.Duration
-	latencies                        []time.Duration
+	wall                     time.Duration
+	latencies                []time.Duration
 }
 
 // failOpenCount reads the API server's count of webhook calls it failed open on.
