@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -22,7 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 
 	"github.com/exec-reaper/exec-reaper/record"
 	"github.com/exec-reaper/exec-reaper/test/cluster"
@@ -444,9 +445,9 @@ func BenchmarkBurst(b *testing.B) {
 	}
 }
 
-// failClosedConnect moves CONNECT out of Gatekeeper's webhook into a second
-// one with failurePolicy Fail, as charts/gatekeeper-connect-webhook.yaml
-// does, until the returned function undoes it.
+// failClosedConnect moves CONNECT out of Gatekeeper's webhook into the second
+// one of charts/gatekeeper-connect-webhook.yaml (failurePolicy Fail), as the
+// values file tells teams to, until the returned function undoes it.
 func failClosedConnect(b *testing.B, probePod string) func() {
 	b.Helper()
 	ctx := context.Background()
@@ -461,20 +462,18 @@ func failClosedConnect(b *testing.B, probePod string) func() {
 			main = *w.DeepCopy()
 		}
 	}
-	connect := main.DeepCopy()
-	connect.Name = "connect.validation.gatekeeper.sh"
-	connect.FailurePolicy = ptr.To(admissionregistrationv1.Fail)
-	scope := admissionregistrationv1.NamespacedScope
-	connect.Rules = []admissionregistrationv1.RuleWithOperations{{
-		Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Connect},
-		Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"},
-			Resources: []string{"pods/exec", "pods/attach", "pods/portforward"}, Scope: &scope},
-	}}
-	second := &admissionregistrationv1.ValidatingWebhookConfiguration{
-		ObjectMeta: metav1.ObjectMeta{Name: "exec-reaper-gatekeeper-connect"},
-		Webhooks:   []admissionregistrationv1.ValidatingWebhook{*connect},
+	// The shipped webhook, with the test cluster's address and namespace
+	// exemptions (its Gatekeeper is reached by URL, not by Service).
+	raw, err := os.ReadFile(filepath.Join("..", "..", "charts", "gatekeeper-connect-webhook.yaml"))
+	if err != nil {
+		b.Fatal(err)
 	}
-	if _, err := vwcs.Create(ctx, second, metav1.CreateOptions{}); err != nil {
+	var second admissionregistrationv1.ValidatingWebhookConfiguration
+	if err := yaml.UnmarshalStrict(raw, &second); err != nil || len(second.Webhooks) != 1 {
+		b.Fatalf("charts/gatekeeper-connect-webhook.yaml: %v (want one webhook)", err)
+	}
+	second.Webhooks[0].ClientConfig, second.Webhooks[0].NamespaceSelector = main.ClientConfig, main.NamespaceSelector
+	if _, err := vwcs.Create(ctx, &second, metav1.CreateOptions{}); err != nil {
 		b.Fatal(err)
 	}
 	without := orig.DeepCopy()
@@ -507,7 +506,7 @@ func failClosedConnect(b *testing.B, probePod string) func() {
 		if err != nil {
 			return false, nil
 		}
-		return metric(string(raw), "apiserver_admission_webhook_admission_duration_seconds_count", `name="connect.validation.gatekeeper.sh"`) > 0, nil
+		return metric(string(raw), "apiserver_admission_webhook_admission_duration_seconds_count", `name="`+second.Webhooks[0].Name+`"`) > 0, nil
 	})
 	return undo
 }
