@@ -4,6 +4,9 @@
 //   - charts/exec-reaper/files/templates/<name>/template.yaml, the chart's
 //     byte-for-byte copies of templates/<name>/template.yaml (a chart cannot
 //     read files outside its directory).
+//   - test/cluster/tooldirs.go, the names of the directories hack/tools.sh
+//     builds the pinned tools into (hack/tools.sh key NAME), where
+//     test/cluster looks when no EXEC_REAPER_* variable names them.
 //
 // With -check it writes nothing and fails, naming each stale, missing or
 // left-over file and the command that refreshes them, when the generated
@@ -30,16 +33,19 @@ func main() {
 	root := flag.String("root", ".", "the repository's root")
 	check := flag.Bool("check", false, "write nothing; fail when a generated file is stale")
 	flag.Parse()
-	if err := run(*root, *check, os.Stdout); err != nil {
+	if err := run(*root, *check, os.Stdout, chartTemplates, toolDirs); err != nil {
 		fmt.Fprintln(os.Stderr, "generate:", err)
 		os.Exit(1)
 	}
 }
 
-// run generates every file under root, or with check reports the ones that
-// differ.
-func run(root string, check bool, out io.Writer) error {
-	g, err := plan(root)
+// A part adds the files generated from one kind of source to g.
+type part func(root string, g *generated) error
+
+// run generates the parts' files under root, or with check reports the ones
+// that differ.
+func run(root string, check bool, out io.Writer, parts ...part) error {
+	g, err := plan(root, parts)
 	if err != nil {
 		return err
 	}
@@ -63,11 +69,13 @@ type generated struct {
 	owned []string
 }
 
-// plan computes every generated file from its source.
-func plan(root string) (generated, error) {
+// plan computes the parts' files from their sources.
+func plan(root string, parts []part) (generated, error) {
 	g := generated{want: map[string][]byte{}}
-	if err := chartTemplates(root, &g); err != nil {
-		return generated{}, err
+	for _, p := range parts {
+		if err := p(root, &g); err != nil {
+			return generated{}, err
+		}
 	}
 	return g, nil
 }

@@ -30,7 +30,7 @@ func TestCheckThenWrite(t *testing.T) {
 	writeFile(t, root, "charts/exec-reaper/files/templates/gone/template.yaml", "gone: 1\n")
 
 	var out strings.Builder
-	err := run(root, true, &out)
+	err := run(root, true, &out, chartTemplates)
 	if err == nil || !strings.Contains(err.Error(), "make generate") {
 		t.Fatalf("check of stale copies: err = %v, want one naming `make generate`", err)
 	}
@@ -47,7 +47,7 @@ func TestCheckThenWrite(t *testing.T) {
 		t.Errorf("-check wrote the copy: %q", b)
 	}
 
-	if err := run(root, false, &out); err != nil {
+	if err := run(root, false, &out, chartTemplates); err != nil {
 		t.Fatalf("generate: %v", err)
 	}
 	for src, want := range map[string]string{"a": "a: new\n", "b": "b: 1\n"} {
@@ -60,7 +60,7 @@ func TestCheckThenWrite(t *testing.T) {
 		t.Errorf("the left-over copy's directory is still there (%v)", err)
 	}
 	out.Reset()
-	if err := run(root, true, &out); err != nil {
+	if err := run(root, true, &out, chartTemplates); err != nil {
 		t.Errorf("check after generate: %v\n%s", err, out.String())
 	}
 }
@@ -69,7 +69,7 @@ func TestCheckThenWrite(t *testing.T) {
 // `make generate-check` runs it.
 func TestRepositoryIsGenerated(t *testing.T) {
 	var out strings.Builder
-	if err := run(filepath.Join("..", ".."), true, &out); err != nil {
+	if err := run(filepath.Join("..", ".."), true, &out, chartTemplates, toolDirs); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
 }
