@@ -10,7 +10,7 @@ export EXEC_REAPER_TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/exec-re
 
 # Packages with goroutines run under the race detector.
 RACE_PKGS := ./record/... ./provider/... ./deleter/... ./internal/... ./verifier/...
-UNIT_PKGS := ./templates/... ./cmd/...
+UNIT_PKGS := ./templates/... ./cmd/... ./hack/...
 
 # The pinned control-plane and node tools, built on first use; the node's
 # Debian packages (runc, CNI plugins, iptables, conntrack, iproute2,
@@ -20,7 +20,7 @@ TOOLS_ENV = EXEC_REAPER_KUBE_TOOLS="$$(hack/tools.sh kube)" EXEC_REAPER_GATEKEEP
 # The oldest Gatekeeper the README claims; only the e2e suite needs it.
 OLD_GATEKEEPER_ENV = EXEC_REAPER_GATEKEEPER_OLD="$$(hack/tools.sh gatekeeper-old)"
 
-.PHONY: all build test lint unit e2e verify-policies chart-test bench demo up down image tools clean
+.PHONY: all build test generate generate-check lint unit e2e verify-policies chart-test bench demo up down image tools clean
 
 all: build
 
@@ -29,7 +29,13 @@ build: ## Build both binaries into bin/.
 
 test: lint unit verify-policies chart-test e2e ## Every test: linters, unit, policy suites, chart, end to end.
 
-lint: ## gofmt, go vet and staticcheck (pinned).
+generate: ## Write the generated files from their sources (the chart's copies of templates/*/template.yaml).
+	$(GO) run ./hack/generate
+
+generate-check: ## Fail when a generated file is stale, naming it and the command that refreshes it (make generate).
+	$(GO) run ./hack/generate -check
+
+lint: generate-check ## Stale generated files, gofmt, go vet and staticcheck (pinned).
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./test/...

@@ -1119,7 +1119,7 @@ func TestTemplateCopies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const fix = "copy it: for d in templates/*/; do n=$(basename \"$d\"); mkdir -p charts/exec-reaper/files/templates/$n && cp \"$d/template.yaml\" charts/exec-reaper/files/templates/$n/; done"
+	const fix = "run `make generate` (hack/generate writes the copies)"
 	want := map[string]bool{}
 	for _, src := range sources {
 		dir := filepath.Base(filepath.Dir(src))
@@ -1139,7 +1139,7 @@ func TestTemplateCopies(t *testing.T) {
 	}
 	for _, c := range copies {
 		if dir := filepath.Base(filepath.Dir(c)); !want[dir] {
-			t.Errorf("charts/exec-reaper/files/templates/%s/template.yaml has no source in templates/; remove it", dir)
+			t.Errorf("charts/exec-reaper/files/templates/%s/template.yaml has no source in templates/; %s", dir, fix)
 		}
 	}
 }

@@ -155,7 +155,7 @@ func NewController(client kubernetes.Interface, informer coreinformers.PodInform
 
 // ListOptions filters the informer server-side to recorded pods, so the
 // deleter never caches the rest of the cluster.
-func ListOptions(o *metav1.ListOptions) { o.LabelSelector = record.DeadlineLabel }
+func ListOptions(o *metav1.ListOptions) { o.LabelSelector = record.Selector }
 
 // StripPod is an informer transform that keeps only what the deleter reads,
 // to keep the cache small.

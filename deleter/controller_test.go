@@ -766,7 +766,7 @@ func TestStripPod(t *testing.T) {
 func TestListOptions(t *testing.T) {
 	o := metav1.ListOptions{FieldSelector: "spec.nodeName=node-1", ResourceVersion: "7"}
 	deleter.ListOptions(&o)
-	want := metav1.ListOptions{LabelSelector: record.DeadlineLabel, FieldSelector: "spec.nodeName=node-1", ResourceVersion: "7"}
+	want := metav1.ListOptions{LabelSelector: record.Selector, FieldSelector: "spec.nodeName=node-1", ResourceVersion: "7"}
 	if !reflect.DeepEqual(o, want) {
 		t.Fatalf("ListOptions set %+v, want %+v", o, want)
 	}

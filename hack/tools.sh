@@ -14,34 +14,67 @@
 #                             containerd, containerd-shim-runc-v2, ctr; the Debian
 #                             packages a node also needs come from hack/node-packages.sh
 #
-# Versions are pinned here and in test/tools/go.mod (Kubernetes); the cache key
-# is the version, so a second run costs nothing.
+# and, building nothing:
+#
+#   hack/tools.sh key NAME    the name of NAME's directory under the cache
+#   hack/tools.sh dir NAME    NAME's directory, built or not
+#   hack/tools.sh versions    every pinned version, one NAME=version a line
+#
+# Each version is pinned once: Kubernetes and etcd in test/tools/go.mod, the
+# Gatekeeper manager and gator in go.mod, the rest in hack/versions.env. A
+# directory's name (its cache key) names every version its binaries are built
+# from, so a bump builds afresh and a second run costs nothing.
 set -euo pipefail
-
-KUBE_VERSION=v1.36.3
-GATEKEEPER_VERSION=v3.23.1
-# The oldest Gatekeeper exec-reaper supports (README); test/e2e/versions_test.go
-# runs the templates and recording against it.
-GATEKEEPER_OLD_VERSION=v3.17.1
-STATICCHECK_VERSION=v0.7.0
-HELM_VERSION=v3.22.0
-CONTAINERD_VERSION=v2.4.2
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${EXEC_REAPER_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/exec-reaper-tools}
 
-# build NAME VERSION CMD...: run CMD with $out set, unless NAME-VERSION is done.
+# modversion DIR MODULE prints the version of MODULE that DIR/go.mod requires.
+modversion() {
+	(cd "$root/$1" && go list -m -f '{{.Version}}' "$2")
+}
+
+# shellcheck source=versions.env
+source "$root/hack/versions.env"
+KUBE_VERSION=$(modversion test/tools k8s.io/kubernetes)
+ETCD_VERSION=$(modversion test/tools go.etcd.io/etcd/server/v3)
+GATEKEEPER_VERSION=$(modversion . github.com/open-policy-agent/gatekeeper/v3)
+
+usage() {
+	echo "usage: $0 kube|gatekeeper|gatekeeper-old|gator|staticcheck|helm|node" >&2
+	echo "       $0 key NAME | dir NAME | versions" >&2
+	exit 2
+}
+
+# key NAME prints the name of NAME's directory under the cache: the tool and
+# every version its binaries are built from.
+key() {
+	case "${1:-}" in
+	kube) echo "kube-$KUBE_VERSION-etcd-$ETCD_VERSION" ;;
+	gatekeeper) echo "gatekeeper-$GATEKEEPER_VERSION" ;;
+	gatekeeper-old) echo "gatekeeper-$GATEKEEPER_OLD_VERSION" ;;
+	gator) echo "gator-$GATEKEEPER_VERSION" ;;
+	staticcheck) echo "staticcheck-$STATICCHECK_VERSION" ;;
+	helm) echo "helm-$HELM_VERSION" ;;
+	node) echo "node-$KUBE_VERSION-containerd-$CONTAINERD_VERSION" ;;
+	*) usage ;;
+	esac
+}
+
+# build NAME CMD...: run CMD with $out set to NAME's directory, unless that
+# is done.
 build() {
-	local name=$1 version=$2
-	shift 2
-	out="$cache/$name-$version"
+	local name=$1 version
+	shift
+	version=$(key "$name")
+	out="$cache/$version"
 	if [[ -f "$out/.done" ]]; then
 		echo "$out"
 		return
 	fi
 	mkdir -p "$out"
 	local start=$SECONDS
-	echo ">> building $name $version into $out (first run only; progress below)" >&2
+	echo ">> building $version into $out (first run only; progress below)" >&2
 	# A heartbeat, since one go build can be silent for minutes.
 	(while sleep 30; do echo "   ... still building $name ($((SECONDS - start))s)" >&2; done) &
 	local heartbeat=$!
@@ -49,7 +82,7 @@ build() {
 	"$@" >&2
 	kill "$heartbeat" 2>/dev/null || true
 	touch "$out/.done"
-	echo ">> built $name $version in $((SECONDS - start))s" >&2
+	echo ">> built $version in $((SECONDS - start))s" >&2
 	echo "$out"
 }
 
@@ -112,15 +145,26 @@ helm() {
 }
 
 case "${1:-}" in
-kube) build kube "$KUBE_VERSION" kube ;;
-gatekeeper) build gatekeeper "$GATEKEEPER_VERSION" gatekeeper ;;
-gatekeeper-old) build gatekeeper "$GATEKEEPER_OLD_VERSION" gatekeeper "$GATEKEEPER_OLD_VERSION" ;;
-gator) build gator "$GATEKEEPER_VERSION" gator ;;
-staticcheck) build staticcheck "$STATICCHECK_VERSION" staticcheck ;;
-helm) build helm "$HELM_VERSION" helm ;;
-node) build node "$KUBE_VERSION-containerd-$CONTAINERD_VERSION" node ;;
-*)
-	echo "usage: $0 kube|gatekeeper|gatekeeper-old|gator|staticcheck|helm|node" >&2
-	exit 2
+kube) build kube kube ;;
+gatekeeper) build gatekeeper gatekeeper ;;
+gatekeeper-old) build gatekeeper-old gatekeeper "$GATEKEEPER_OLD_VERSION" ;;
+gator) build gator gator ;;
+staticcheck) build staticcheck staticcheck ;;
+helm) build helm helm ;;
+node) build node node ;;
+key) key "${2:-}" ;;
+dir)
+	k=$(key "${2:-}")
+	echo "$cache/$k"
 	;;
+versions)
+	echo "KUBE_VERSION=$KUBE_VERSION"
+	echo "ETCD_VERSION=$ETCD_VERSION"
+	echo "GATEKEEPER_VERSION=$GATEKEEPER_VERSION"
+	echo "GATEKEEPER_OLD_VERSION=$GATEKEEPER_OLD_VERSION"
+	echo "STATICCHECK_VERSION=$STATICCHECK_VERSION"
+	echo "HELM_VERSION=$HELM_VERSION"
+	echo "CONTAINERD_VERSION=$CONTAINERD_VERSION"
+	;;
+*) usage ;;
 esac

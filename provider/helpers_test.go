@@ -3,15 +3,12 @@ package provider_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"io"
 	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -26,9 +23,9 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/exec-reaper/exec-reaper/provider"
+	"github.com/exec-reaper/exec-reaper/provider/tlscerts"
+	"github.com/exec-reaper/exec-reaper/provider/tlscerts/tlstest"
 	"github.com/exec-reaper/exec-reaper/record"
-
-	"github.com/exec-reaper/exec-reaper/internal/pki"
 )
 
 // t0 is the fake clock's start, a whole second.
@@ -38,85 +35,11 @@ const (
 	namespace = "team-a"
 	podName   = "web-0"
 	podUID    = types.UID("6f0c1c2e-0000-4000-8000-0000000000aa")
-	// requestTimeout bounds one HTTP round trip in these tests.
-	requestTimeout = 10 * time.Second
 )
 
 // quiet returns a context whose logger discards: handlers log every rejected
 // key, and fuzzing would drown the output.
 func quiet() context.Context { return klog.NewContext(context.Background(), logr.Discard()) }
-
-// --- PKI ---------------------------------------------------------------------
-
-// testCA is an in-memory certificate authority.
-type testCA struct {
-	*pki.CA
-}
-
-// leaf is a certificate issued by a testCA.
-type leaf struct {
-	cert    *x509.Certificate
-	certPEM []byte
-	keyPEM  []byte
-	pair    tls.Certificate
-}
-
-func newCA(t testing.TB, cn string) *testCA {
-	t.Helper()
-	ca, err := pki.NewCA(cn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{ca}
-}
-
-// issue signs a leaf for cn: a server certificate for 127.0.0.1 if server,
-// else a client certificate.
-func (ca *testCA) issue(t testing.TB, cn string, server bool) *leaf {
-	t.Helper()
-	var p pki.Pair
-	var err error
-	if server {
-		p, err = ca.Server(cn, "127.0.0.1")
-	} else {
-		p, err = ca.Client(cn)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &leaf{certPEM: p.CertPEM, keyPEM: p.KeyPEM}
-	if l.pair, err = tls.X509KeyPair(l.certPEM, l.keyPEM); err != nil {
-		t.Fatal(err)
-	}
-	if l.cert, err = x509.ParseCertificate(l.pair.Certificate[0]); err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
-
-// certFiles are the provider's three PEM files in a temporary directory.
-type certFiles struct{ cert, key, ca string }
-
-func newCertFiles(t testing.TB) certFiles {
-	dir := t.TempDir()
-	return certFiles{filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "ca.crt")}
-}
-
-// write replaces the files, each atomically, as a kubelet updating a mounted
-// Secret would.
-func (f certFiles) write(t testing.TB, server *leaf, clientCA *testCA) {
-	t.Helper()
-	for path, data := range map[string][]byte{f.cert: server.certPEM, f.key: server.keyPEM, f.ca: clientCA.CertPEM} {
-		writeAtomically(t, path, data)
-	}
-}
-
-func writeAtomically(t testing.TB, path string, data []byte) {
-	t.Helper()
-	if err := pki.WriteFileAtomic(path, data); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // --- provider under test ----------------------------------------------------
 
@@ -125,11 +48,11 @@ type env struct {
 	srv    *httptest.Server
 	cs     *fake.Clientset
 	clock  *clocktesting.FakeClock
-	certs  *provider.Certs
-	files  certFiles
-	ca     *testCA // signs the server and the trusted client
-	server *leaf
-	client *leaf
+	certs  *tlscerts.Certs
+	files  tlstest.Files
+	ca     *tlstest.CA // signs the server and the trusted client
+	server *tlstest.Leaf
+	client *tlstest.Leaf
 }
 
 func newEnv(t *testing.T, objects ...runtime.Object) *env {
@@ -137,13 +60,13 @@ func newEnv(t *testing.T, objects ...runtime.Object) *env {
 	e := &env{
 		cs:    fake.NewClientset(objects...),
 		clock: clocktesting.NewFakeClock(t0),
-		files: newCertFiles(t),
-		ca:    newCA(t, "gatekeeper-ca"),
+		files: tlstest.NewFiles(t),
+		ca:    tlstest.NewCA(t, "gatekeeper-ca"),
 	}
-	e.server = e.ca.issue(t, "exec-reaper-provider", true)
-	e.client = e.ca.issue(t, "gatekeeper-webhook", false)
-	e.files.write(t, e.server, e.ca)
-	e.certs = provider.NewCerts(e.files.cert, e.files.key, e.files.ca)
+	e.server = e.ca.Issue(t, "exec-reaper-provider", true)
+	e.client = e.ca.Issue(t, "gatekeeper-webhook", false)
+	e.files.Write(t, e.server, e.ca)
+	e.certs = tlscerts.NewCerts(e.files.Cert, e.files.Key, e.files.CA)
 	if changed, err := e.certs.Reload(); err != nil || !changed {
 		t.Fatalf("Reload = %v, %v; want true, nil", changed, err)
 	}
@@ -159,28 +82,8 @@ func newEnv(t *testing.T, objects ...runtime.Object) *env {
 
 func (e *env) url() string { return e.srv.URL + provider.Path }
 
-// httpClient returns a client that trusts roots and presents cert (if not
-// nil), on a new connection for every request.
-func httpClient(t *testing.T, cert *leaf, roots ...*testCA) *http.Client {
-	t.Helper()
-	pool := x509.NewCertPool()
-	for _, ca := range roots {
-		pool.AddCert(ca.Cert)
-	}
-	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	if cert != nil {
-		// Present the certificate whatever CAs the server asks for: a client
-		// left to choose would send none that the server does not name, and
-		// the server's own verification would go untested.
-		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert.pair, nil }
-	}
-	tr := &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: requestTimeout}
-}
-
 // gatekeeper returns a client like Gatekeeper's: trusted, with a certificate.
-func (e *env) gatekeeper(t *testing.T) *http.Client { return httpClient(t, e.client, e.ca) }
+func (e *env) gatekeeper(t *testing.T) *http.Client { return tlstest.Client(t, e.client, e.ca) }
 
 // providerRequest returns the body of a ProviderRequest for keys.
 func providerRequest(t testing.TB, keys ...string) []byte {

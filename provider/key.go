@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+	kjson "sigs.k8s.io/json"
 
 	"github.com/exec-reaper/exec-reaper/record"
 )
@@ -113,16 +114,8 @@ func Decode(key string) (Request, error) {
 		return r, fmt.Errorf("unsupported key version %q: this provider reads %q and %q; a newer template needs a newer provider, upgrade exec-reaper's provider", v, strings.TrimSuffix(KeyVersion, ":"), strings.TrimSuffix(KeyVersionV1, ":"))
 	}
 	v2 := version+":" == KeyVersion
-	if err := checkFields(version, body, v2); err != nil {
-		return r, err
-	}
-	// checkFields has already rejected unknown fields.
-	dec := json.NewDecoder(strings.NewReader(body))
-	if err := dec.Decode(&r); err != nil {
-		return Request{}, fmt.Errorf("key is not valid %s JSON: %w", version, err)
-	}
-	if dec.More() || !onlySpace(body[dec.InputOffset():]) {
-		return Request{}, errors.New("key has data after its JSON object")
+	if err := decodeStrict(version, body, v2, &r); err != nil {
+		return Request{}, err
 	}
 	if err := r.validate(); err != nil {
 		return Request{}, err
@@ -130,7 +123,7 @@ func Decode(key string) (Request, error) {
 	return r, nil
 }
 
-// keyFields are the exact field names of a v2 key: Request's JSON names.
+// keyFieldNames are the exact field names of a v2 key: Request's JSON names.
 var keyFieldNames = func() map[string]bool {
 	fields := map[string]bool{}
 	t := reflect.TypeFor[Request]()
@@ -142,50 +135,86 @@ var keyFieldNames = func() map[string]bool {
 	return fields
 }()
 
-// checkFields rejects what encoding/json lets through: field names in
-// another case ("UID") and fields given twice, either of which could make
-// one reader of a key see something other than another; and, in v2, a field
-// left out.
-func checkFields(version, body string, v2 bool) error {
-	dec := json.NewDecoder(strings.NewReader(body))
-	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+// decodeStrict decodes body into r. sigs.k8s.io/json rejects what
+// encoding/json lets through: unknown fields, field names in another case
+// ("UID") and fields given twice, any of which could make one reader of a
+// key see something other than another. What it does not check is written
+// here, each for its reason:
+//   - the key must be an object: null decodes into a struct without error;
+//   - data after the object is reported as such, not as a syntax error, so
+//     that a template (or tampering) appending to a key is named plainly;
+//   - a v1 key may not carry v2's fields, which Request knows;
+//   - a v2 key must carry every field (no JSON decoder reports a field left
+//     out), so that a template that drops one is caught, not read as zero.
+func decodeStrict(version, body string, v2 bool, r *Request) error {
+	data := []byte(body)
+	if t := bytes.TrimLeft(data, " \t\r\n"); len(t) == 0 || t[0] != '{' {
 		return fmt.Errorf("key is not valid %s JSON: want an object", version)
 	}
-	seen := map[string]bool{}
-	for dec.More() {
-		t, err := dec.Token()
-		if err != nil {
-			return fmt.Errorf("key is not valid %s JSON: %w", version, err)
+	strict, err := kjson.UnmarshalStrict(data, r)
+	if err != nil {
+		*r = Request{}
+		if trailing(data) {
+			return errors.New("key has data after its JSON object")
 		}
-		name, _ := t.(string)
-		if !keyFieldNames[name] || !v2 && v2Only[name] {
-			return fmt.Errorf("key has unknown field %q", cutForLog(name))
-		}
-		if seen[name] {
-			return fmt.Errorf("key has field %q twice", name)
-		}
-		seen[name] = true
-		var skip json.RawMessage
-		if err := dec.Decode(&skip); err != nil {
-			return fmt.Errorf("key is not valid %s JSON: %w", version, err)
-		}
+		return fmt.Errorf("key is not valid %s JSON: %w", version, err)
 	}
-	if t, err := dec.Token(); err != nil || t != json.Delim('}') {
-		return fmt.Errorf("key is not valid %s JSON: the object does not end", version)
+	if len(strict) > 0 {
+		*r = Request{}
+		return strictError(strict[0])
 	}
-	if v2 {
-		var missing []string
-		for name := range keyFieldNames {
-			if !seen[name] {
-				missing = append(missing, name)
+	// Which fields were given: Request's zero values cannot say.
+	var present map[string]json.RawMessage
+	if err := json.Unmarshal(data, &present); err != nil {
+		*r = Request{}
+		return fmt.Errorf("key is not valid %s JSON: %w", version, err)
+	}
+	if !v2 {
+		for name := range present {
+			if v2Only[name] {
+				*r = Request{}
+				return fmt.Errorf("key has unknown field %q", name)
 			}
 		}
-		if len(missing) > 0 {
-			slices.Sort(missing)
-			return fmt.Errorf("key has no field %s (a v2 key has every field; is the template current?)", strings.Join(missing, ", "))
+		return nil
+	}
+	var missing []string
+	for name := range keyFieldNames {
+		if _, ok := present[name]; !ok {
+			missing = append(missing, name)
 		}
 	}
+	if len(missing) > 0 {
+		*r = Request{}
+		slices.Sort(missing)
+		return fmt.Errorf("key has no field %s (a v2 key has every field; is the template current?)", strings.Join(missing, ", "))
+	}
 	return nil
+}
+
+// strictError words one of sigs.k8s.io/json's strict errors (an unknown or
+// duplicate field) as Decode's other errors are, quoting little of the name.
+func strictError(err error) error {
+	name := err.Error()
+	var fe kjson.FieldError
+	if errors.As(err, &fe) {
+		name = fe.FieldPath()
+	}
+	if strings.HasPrefix(err.Error(), "duplicate field") {
+		return fmt.Errorf("key has field %q twice", cutForLog(name))
+	}
+	return fmt.Errorf("key has unknown field %q", cutForLog(name))
+}
+
+// trailing reports whether data starts with one whole JSON value followed by
+// something other than white space.
+func trailing(data []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var v json.RawMessage
+	if err := dec.Decode(&v); err != nil {
+		return false
+	}
+	return !onlySpace(string(data[dec.InputOffset():]))
 }
 
 // cutForLog shortens a requester-influenced string quoted in an error.

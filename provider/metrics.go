@@ -1,6 +1,10 @@
 package provider
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/exec-reaper/exec-reaper/provider/tlscerts"
+)
 
 var (
 	requestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -21,17 +25,11 @@ var (
 		Name: "exec_reaper_provider_events_total",
 		Help: "Events about entries, by result: created, duplicate (of an entry already announced), failed, folded (into one Event counting a pod's entries, the queue being full), dropped (the queue and the table of folded Events full).",
 	}, []string{"result"})
-	certReloadsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "exec_reaper_provider_cert_reloads_total",
-		Help: "Reloads of the serving certificate and client CA, by result.",
-	}, []string{"result"})
-	clientCAsTrusted = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "exec_reaper_provider_client_cas",
-		Help: "Gatekeeper CAs the provider trusts: current (in the CA file) and retired (left it, trusted for --client-ca-grace).",
-	}, []string{"state"})
 )
 
-// Register adds the provider's metrics to reg.
+// Register adds the provider's metrics to reg, the TLS lifecycle's
+// (tlscerts) included.
 func Register(reg prometheus.Registerer) {
-	reg.MustRegister(requestDuration, recordDuration, recordsTotal, eventsTotal, certReloadsTotal, clientCAsTrusted)
+	reg.MustRegister(requestDuration, recordDuration, recordsTotal, eventsTotal)
+	tlscerts.Register(reg)
 }

@@ -1,6 +1,8 @@
 // Package provider is exec-reaper's Gatekeeper external-data provider. For
 // each key Gatekeeper sends it records, on the pod named in the key, who
-// entered it, when, how, and the deadline after which it must go.
+// entered it, when, how, and the deadline after which it must go. Its TLS
+// lifecycle (certificate files, rotation, Secret mirroring) is in
+// provider/tlscerts; this package wires it in (Run).
 package provider
 
 import (
@@ -26,6 +28,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/exec-reaper/exec-reaper/internal/serve"
+	"github.com/exec-reaper/exec-reaper/provider/tlscerts"
 )
 
 // Path is where the provider answers Gatekeeper. A Provider object's
@@ -77,7 +80,7 @@ type Config struct {
 	ClientCASecret string
 	// Rotation, when set, has cert-controller issue and rotate the serving
 	// certificate; it is mirrored to CertFile and KeyFile on every change.
-	Rotation *Rotation
+	Rotation *tlscerts.Rotation
 }
 
 // Defaults of the durations for which zero is a choice.
@@ -148,12 +151,12 @@ func (c *Config) Validate() error {
 			c.ShutdownTimeout, c.RecordTimeout)
 	}
 	if c.ClientCASecret != "" {
-		if _, _, err := splitRef(c.ClientCASecret); err != nil {
+		if _, _, err := tlscerts.SplitRef(c.ClientCASecret); err != nil {
 			return fmt.Errorf("client CA secret: %w", err)
 		}
 	}
 	if r := c.Rotation; r != nil {
-		if _, _, err := splitRef(r.Secret); err != nil {
+		if _, _, err := tlscerts.SplitRef(r.Secret); err != nil {
 			return fmt.Errorf("certificate secret: %w", err)
 		}
 		if r.ProviderName == "" || r.DNSName == "" {
@@ -161,15 +164,6 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
-}
-
-// splitRef splits "namespace/name".
-func splitRef(ref string) (namespace, name string, err error) {
-	namespace, name, ok := strings.Cut(ref, "/")
-	if !ok || namespace == "" || name == "" || strings.Contains(name, "/") {
-		return "", "", fmt.Errorf("%q is not namespace/name", ref)
-	}
-	return namespace, name, nil
 }
 
 // Run serves until ctx is done, then drains (Config.DrainDelay) and shuts
@@ -189,8 +183,10 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, reg *prometheus.
 		if err != nil {
 			return err
 		}
-		d.providers = NewProviderWatch(dyn, r.ProviderName)
-		d.rotator = func(ctx context.Context) error { return runRotator(ctx, restCfg, *r, cfg.CertFile, cfg.KeyFile) }
+		d.providers = tlscerts.NewProviderWatch(dyn, r.ProviderName)
+		d.rotator = func(ctx context.Context) error {
+			return tlscerts.RunRotator(ctx, restCfg, *r, cfg.CertFile, cfg.KeyFile, FieldManager)
+		}
 	}
 	return run(ctx, cfg, d, reg)
 }
@@ -198,7 +194,7 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, reg *prometheus.
 // deps are what run needs from outside: clients, and listeners for tests.
 type deps struct {
 	client     kubernetes.Interface
-	providers  *ProviderWatch              // nil: readiness does not look at the Provider object
+	providers  *tlscerts.ProviderWatch     // nil: readiness does not look at the Provider object
 	rotator    func(context.Context) error // nil: no certificate rotation
 	api, probe net.Listener                // nil: listen on Config.Addr and ProbeAddr
 }
@@ -221,7 +217,7 @@ func run(ctx context.Context, cfg Config, d deps, reg *prometheus.Registry) erro
 			return fmt.Errorf("listening for probes: %w", err)
 		}
 	}
-	certs := NewCerts(cfg.CertFile, cfg.KeyFile, cfg.ClientCAFile, WithClientCAGrace(cfg.ClientCAGrace))
+	certs := tlscerts.NewCerts(cfg.CertFile, cfg.KeyFile, cfg.ClientCAFile, tlscerts.WithClientCAGrace(cfg.ClientCAGrace))
 	if _, err := certs.Reload(); err != nil {
 		// Not fatal: the certificates may not be issued yet. /readyz says so.
 		log.Info("Certificates not loaded yet; waiting", "err", err.Error())
@@ -236,7 +232,7 @@ func run(ctx context.Context, cfg Config, d deps, reg *prometheus.Registry) erro
 	defer cancelStop()
 	bg, cancelBg := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelBg()
-	reload := func() { certs.reloadAndReport(bg) }
+	reload := func() { certs.ReloadAndReport(bg) }
 	var draining atomic.Bool
 	ready := func(*http.Request) error {
 		if draining.Load() {
@@ -260,7 +256,7 @@ func run(ctx context.Context, cfg Config, d deps, reg *prometheus.Registry) erro
 		WriteTimeout:      10 * time.Second,
 		IdleTimeout:       90 * time.Second,
 		TLSConfig:         certs.TLSConfig(),
-		// HTTP/1.1 only (see Certs.TLSConfig).
+		// HTTP/1.1 only (see tlscerts.Certs.TLSConfig).
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ErrorLog:     errorLog(log),
 	}
@@ -278,13 +274,13 @@ func run(ctx context.Context, cfg Config, d deps, reg *prometheus.Registry) erro
 		})
 	}
 	if cfg.ClientCASecret != "" {
-		ns, name, _ := splitRef(cfg.ClientCASecret)
-		sync := NewSecretSync(d.client, ns, name, map[string]string{"ca.crt": cfg.ClientCAFile}, reload)
+		ns, name, _ := tlscerts.SplitRef(cfg.ClientCASecret)
+		sync := tlscerts.NewSecretSync(d.client, ns, name, map[string]string{"ca.crt": cfg.ClientCAFile}, reload)
 		part("Gatekeeper's CA", func(ctx context.Context) error { sync.Run(ctx); return nil })
 	}
 	if r := cfg.Rotation; r != nil {
-		ns, name, _ := splitRef(r.Secret)
-		sync := NewSecretSync(d.client, ns, name,
+		ns, name, _ := tlscerts.SplitRef(r.Secret)
+		sync := tlscerts.NewSecretSync(d.client, ns, name,
 			// cert-controller names the Secret's keys after the files.
 			map[string]string{filepath.Base(cfg.CertFile): cfg.CertFile, filepath.Base(cfg.KeyFile): cfg.KeyFile}, reload)
 		part("serving certificate", func(ctx context.Context) error { sync.Run(ctx); return nil })

@@ -75,6 +75,10 @@ const (
 	// DeadlineLabel holds the deadline as decimal Unix seconds. The deleter's
 	// informer selects on its existence, so unrecorded pods are never cached.
 	DeadlineLabel = Prefix + "deadline"
+	// Selector is the label selector of recorded pods: those that carry
+	// DeadlineLabel, whatever its value (a damaged one is reported, not
+	// hidden). The deleter's informer lists and watches with it.
+	Selector = DeadlineLabel
 	// DeadlineAnnotation holds the deadline in RFC 3339, for people.
 	DeadlineAnnotation = Prefix + "deadline"
 	// PodUIDLabel holds the UID of the pod the record was written on. The

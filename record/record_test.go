@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 
@@ -512,5 +513,30 @@ func TestBindingByLabel(t *testing.T) {
 				t.Fatalf("Binding = %s, %q, %v; want %s, %q, nil", gotDeadline, uid, err, deadline, tt.wantUID)
 			}
 		})
+	}
+}
+
+// TestSelector: the recorded pods' selector matches every record's labels,
+// a damaged deadline too (the deleter reports it rather than never seeing
+// it), and nothing without the deadline label.
+func TestSelector(t *testing.T) {
+	sel, err := labels.Parse(record.Selector)
+	if err != nil {
+		t.Fatalf("parsing record.Selector %q: %v", record.Selector, err)
+	}
+	rec := record.Record{Deadline: time.Unix(1_900_000_000, 0), PodUID: "u-1"}
+	for _, tc := range []struct {
+		labels map[string]string
+		want   bool
+	}{
+		{rec.Labels(), true},
+		{map[string]string{record.DeadlineLabel: "garbage"}, true},
+		{map[string]string{record.PodUIDLabel: "u-1"}, false},
+		{map[string]string{"app": "web"}, false},
+		{nil, false},
+	} {
+		if got := sel.Matches(labels.Set(tc.labels)); got != tc.want {
+			t.Errorf("selector %q matches %v = %v, want %v", sel, tc.labels, got, tc.want)
+		}
 	}
 }

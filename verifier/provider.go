@@ -34,6 +34,7 @@ import (
 
 	"github.com/exec-reaper/exec-reaper/internal/pki"
 	"github.com/exec-reaper/exec-reaper/provider"
+	"github.com/exec-reaper/exec-reaper/provider/tlscerts"
 )
 
 // ProviderName is the name templates use for exec-reaper's Provider by default.
@@ -102,7 +103,7 @@ func StartProvider(clk clock.Clock) (p *Provider, err error) {
 	if err := ca.WriteDir(clientDir, client); err != nil {
 		return nil, err
 	}
-	certs := provider.NewCerts(filepath.Join(servingDir, "tls.crt"), filepath.Join(servingDir, "tls.key"), filepath.Join(servingDir, "ca.crt"))
+	certs := tlscerts.NewCerts(filepath.Join(servingDir, "tls.crt"), filepath.Join(servingDir, "tls.key"), filepath.Join(servingDir, "ca.crt"))
 	if _, err := certs.Reload(); err != nil {
 		return nil, err
 	}

@@ -17,11 +17,12 @@ import (
 
 	"github.com/exec-reaper/exec-reaper/internal/serve"
 	"github.com/exec-reaper/exec-reaper/provider"
+	"github.com/exec-reaper/exec-reaper/provider/tlscerts"
 )
 
 func main() {
 	cfg := provider.DefaultConfig() // the flags' defaults are the config's
-	rot := provider.Rotation{ProviderName: "exec-reaper"}
+	rot := tlscerts.Rotation{ProviderName: "exec-reaper"}
 	var kubeconfig string
 	var qps float64
 	var burst int

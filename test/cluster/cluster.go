@@ -81,13 +81,6 @@ const (
 	pollInterval = 100 * time.Millisecond
 )
 
-// Directories that hack/tools.sh builds into, under its cache; they name the
-// pinned versions and must change with them.
-const (
-	kubeToolsDir       = "kube-v1.36.3"
-	gatekeeperToolsDir = "gatekeeper-v3.23.1"
-)
-
 // Tools locates the binaries the cluster runs.
 type Tools struct {
 	// KubeDir holds etcd, kube-apiserver, kube-controller-manager and kubectl.

@@ -58,10 +58,6 @@ const (
 	PodDrainTimeout = 60 * time.Second
 )
 
-// nodeToolsDir is where hack/tools.sh node builds kubelet, kube-scheduler
-// and containerd; it names both pinned versions.
-const nodeToolsDir = "node-v1.36.3-containerd-v2.4.2"
-
 // CNI plugins from Debian's containernetworking-plugins.
 const cniBinDir = "/usr/lib/cni"
 

@@ -11,8 +11,6 @@ import (
 // NodeLockFile is the advisory lock a local node holds; see node_linux.go.
 const NodeLockFile = "/tmp/exec-reaper-node.lock"
 
-const nodeToolsDir = "node-v1.36.3-containerd-v2.4.2"
-
 type node struct{ controllerManager *Process }
 
 var errNodeLinux = errors.New("configuration error: a local node (Options.Node) needs Linux")

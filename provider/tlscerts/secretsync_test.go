@@ -1,4 +1,4 @@
-package provider_test
+package tlscerts_test
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/exec-reaper/exec-reaper/provider"
+	"github.com/exec-reaper/exec-reaper/provider/tlscerts"
 )
 
 // TestSecretSync: the Secret's keys reach their files, a change is mirrored
@@ -36,7 +36,7 @@ func TestSecretSync(t *testing.T) {
 	// Not yet filled by cert-controller, and a neighbour that must be ignored.
 	cs := fake.NewClientset(secret("provider-cert", "", ""), secret("other", "other-crt", "other-key"))
 	var changes atomic.Int32
-	sync := provider.NewSecretSync(cs, "gk", "provider-cert", map[string]string{"tls.crt": crt, "tls.key": key}, func() { changes.Add(1) })
+	sync := tlscerts.NewSecretSync(cs, "gk", "provider-cert", map[string]string{"tls.crt": crt, "tls.key": key}, func() { changes.Add(1) })
 	ctx, cancel := context.WithCancel(quiet())
 	done := make(chan struct{})
 	go func() { defer close(done); sync.Run(ctx) }()

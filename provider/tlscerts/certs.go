@@ -1,4 +1,4 @@
-package provider
+package tlscerts
 
 import (
 	"bytes"
@@ -202,16 +202,16 @@ func (c *Certs) Run(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			c.reloadAndReport(ctx)
+			c.ReloadAndReport(ctx)
 		}
 	}
 }
 
-// reloadAndReport reloads, counting and logging the outcome. Files written
+// ReloadAndReport reloads, counting and logging the outcome. Files written
 // by a SecretSync trigger it at once; Run's ticker catches everything else.
 // Files not there before anything was ever loaded are a certificate not yet
 // issued: a quiet wait, not a failed reload.
-func (c *Certs) reloadAndReport(ctx context.Context) {
+func (c *Certs) ReloadAndReport(ctx context.Context) {
 	log := klog.FromContext(ctx)
 	switch changed, err := c.Reload(); {
 	case errors.Is(err, errNotIssued):

@@ -1,4 +1,4 @@
-package provider_test
+package tlscerts_test
 
 import (
 	"context"
@@ -19,7 +19,8 @@ import (
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	clocktesting "k8s.io/utils/clock/testing"
 
-	"github.com/exec-reaper/exec-reaper/provider"
+	"github.com/exec-reaper/exec-reaper/provider/tlscerts"
+	"github.com/exec-reaper/exec-reaper/provider/tlscerts/tlstest"
 )
 
 // TestClientCAGrace: Gatekeeper's CA is replaced. Gatekeeper's old client
@@ -34,12 +35,12 @@ func TestClientCAGrace(t *testing.T) {
 	}{{"grace", grace}, {"no grace", 0}} {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := clocktesting.NewFakeClock(t0)
-			f := newCertFiles(t)
-			ca1, ca2 := newCA(t, "gatekeeper-ca"), newCA(t, "gatekeeper-ca-2")
-			server := ca1.issue(t, "exec-reaper-provider", true)
-			old, next := ca1.issue(t, "gatekeeper-webhook", false), ca2.issue(t, "gatekeeper-webhook-2", false)
-			f.write(t, server, ca1)
-			certs := provider.NewCerts(f.cert, f.key, f.ca, provider.WithClientCAGrace(tt.grace), provider.WithClock(clk))
+			f := tlstest.NewFiles(t)
+			ca1, ca2 := tlstest.NewCA(t, "gatekeeper-ca"), tlstest.NewCA(t, "gatekeeper-ca-2")
+			server := ca1.Issue(t, "exec-reaper-provider", true)
+			old, next := ca1.Issue(t, "gatekeeper-webhook", false), ca2.Issue(t, "gatekeeper-webhook-2", false)
+			f.Write(t, server, ca1)
+			certs := tlscerts.NewCerts(f.Cert, f.Key, f.CA, tlscerts.WithClientCAGrace(tt.grace), tlscerts.WithClock(clk))
 			if _, err := certs.Reload(); err != nil {
 				t.Fatal(err)
 			}
@@ -48,15 +49,15 @@ func TestClientCAGrace(t *testing.T) {
 			srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 			srv.StartTLS()
 			t.Cleanup(srv.Close)
-			accepts := func(c *leaf) error {
-				resp, err := httpClient(t, c, ca1).Get(srv.URL)
+			accepts := func(c *tlstest.Leaf) error {
+				resp, err := tlstest.Client(t, c, ca1).Get(srv.URL)
 				if err == nil {
 					resp.Body.Close()
 				}
 				return err
 			}
 
-			writeAtomically(t, f.ca, ca2.CertPEM) // the Secret now holds only the new CA
+			tlstest.WriteAtomically(t, f.CA, ca2.CertPEM) // the Secret now holds only the new CA
 			if changed, err := certs.Reload(); err != nil || !changed {
 				t.Fatalf("Reload = %v, %v", changed, err)
 			}
@@ -98,7 +99,7 @@ func TestClientCAGrace(t *testing.T) {
 	}
 }
 
-var providerListKinds = map[schema.GroupVersionResource]string{provider.ProviderResource: "ProviderList"}
+var providerListKinds = map[schema.GroupVersionResource]string{tlscerts.ProviderResource: "ProviderList"}
 
 func providerObject(name string, caPEM []byte) *unstructured.Unstructured {
 	return &unstructured.Unstructured{Object: map[string]any{
@@ -111,12 +112,12 @@ func providerObject(name string, caPEM []byte) *unstructured.Unstructured {
 // TestProviderWatchTrusts: readiness trusts a serving certificate only once
 // the Provider's caBundle verifies it for the name Gatekeeper dials.
 func TestProviderWatchTrusts(t *testing.T) {
-	ca, placeholder := newCA(t, "exec-reaper-ca"), newCA(t, "placeholder")
-	server := ca.issue(t, "exec-reaper-provider", true) // for 127.0.0.1
+	ca, placeholder := tlstest.NewCA(t, "exec-reaper-ca"), tlstest.NewCA(t, "placeholder")
+	server := ca.Issue(t, "exec-reaper-provider", true) // for 127.0.0.1
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), providerListKinds,
 		providerObject("exec-reaper", placeholder.CertPEM))
-	w := provider.NewProviderWatch(dyn, "exec-reaper")
-	if err := w.Trusts(server.cert, "127.0.0.1"); err == nil || !strings.Contains(err.Error(), "not been read") {
+	w := tlscerts.NewProviderWatch(dyn, "exec-reaper")
+	if err := w.Trusts(server.Cert, "127.0.0.1"); err == nil || !strings.Contains(err.Error(), "not been read") {
 		t.Errorf("before the watch synced: %v", err)
 	}
 	ctx, cancel := context.WithCancel(quiet())
@@ -124,24 +125,24 @@ func TestProviderWatchTrusts(t *testing.T) {
 	go w.Run(ctx)
 
 	eventually(t, "the placeholder caBundle to be refused", func() bool {
-		err := w.Trusts(server.cert, "127.0.0.1")
+		err := w.Trusts(server.Cert, "127.0.0.1")
 		return err != nil && strings.Contains(err.Error(), "spec.caBundle does not (yet) verify")
 	})
-	if _, err := dyn.Resource(provider.ProviderResource).Update(ctx, providerObject("exec-reaper", append(placeholder.CertPEM, ca.CertPEM...)), metav1.UpdateOptions{}); err != nil {
+	if _, err := dyn.Resource(tlscerts.ProviderResource).Update(ctx, providerObject("exec-reaper", append(placeholder.CertPEM, ca.CertPEM...)), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the injected CA to be trusted", func() bool { return w.Trusts(server.cert, "127.0.0.1") == nil })
-	if err := w.Trusts(server.cert, "exec-reaper-provider.gatekeeper-system.svc"); err == nil {
+	eventually(t, "the injected CA to be trusted", func() bool { return w.Trusts(server.Cert, "127.0.0.1") == nil })
+	if err := w.Trusts(server.Cert, "exec-reaper-provider.gatekeeper-system.svc"); err == nil {
 		t.Error("trusted for a name the certificate does not carry")
 	}
 	if err := w.Trusts(nil, "127.0.0.1"); err == nil {
 		t.Error("trusted with no serving certificate")
 	}
-	if err := dyn.Resource(provider.ProviderResource).Delete(ctx, "exec-reaper", metav1.DeleteOptions{}); err != nil {
+	if err := dyn.Resource(tlscerts.ProviderResource).Delete(ctx, "exec-reaper", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "a deleted Provider to be reported", func() bool {
-		err := w.Trusts(server.cert, "127.0.0.1")
+		err := w.Trusts(server.Cert, "127.0.0.1")
 		return err != nil && strings.Contains(err.Error(), "does not exist")
 	})
 }

@@ -1,10 +1,11 @@
-package provider
+package tlscerts
 
 import (
 	"context"
 	"crypto/x509"
 	"fmt"
 	"path/filepath"
+	"strings"
 
 	"github.com/open-policy-agent/cert-controller/pkg/rotator"
 	"k8s.io/apimachinery/pkg/types"
@@ -27,12 +28,13 @@ type Rotation struct {
 	DNSName string
 }
 
-// runRotator runs cert-controller until ctx is done. Every replica runs it:
+// RunRotator runs cert-controller until ctx is done; fieldOwner names its
+// writes (the Secret, the Provider's caBundle) in managedFields. Every replica runs it:
 // cert-controller's writes are conflict-checked, so they agree on one
 // certificate.
 // cert-controller also checks that certFile, written by the provider's
 // SecretSync, has arrived.
-func runRotator(ctx context.Context, restCfg *rest.Config, r Rotation, certFile, keyFile string) error {
+func RunRotator(ctx context.Context, restCfg *rest.Config, r Rotation, certFile, keyFile, fieldOwner string) error {
 	mgr, err := manager.New(restCfg, manager.Options{
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
@@ -41,7 +43,7 @@ func runRotator(ctx context.Context, restCfg *rest.Config, r Rotation, certFile,
 	if err != nil {
 		return fmt.Errorf("creating certificate manager: %w", err)
 	}
-	ns, name, err := splitRef(r.Secret)
+	ns, name, err := SplitRef(r.Secret)
 	if err != nil {
 		return err
 	}
@@ -55,7 +57,7 @@ func runRotator(ctx context.Context, restCfg *rest.Config, r Rotation, certFile,
 		DNSName:        r.DNSName,
 		IsReady:        make(chan struct{}),
 		Webhooks:       []rotator.WebhookInfo{{Name: r.ProviderName, Type: rotator.ExternalDataProvider}},
-		FieldOwner:     FieldManager,
+		FieldOwner:     fieldOwner,
 		ExtKeyUsages:   &[]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	})
 	if err != nil {
@@ -65,4 +67,13 @@ func runRotator(ctx context.Context, restCfg *rest.Config, r Rotation, certFile,
 		return fmt.Errorf("certificate rotator: %w", err)
 	}
 	return nil
+}
+
+// SplitRef splits a Secret's reference, "namespace/name".
+func SplitRef(ref string) (namespace, name string, err error) {
+	namespace, name, ok := strings.Cut(ref, "/")
+	if !ok || namespace == "" || name == "" || strings.Contains(name, "/") {
+		return "", "", fmt.Errorf("%q is not namespace/name", ref)
+	}
+	return namespace, name, nil
 }

@@ -1,4 +1,4 @@
-package provider_test
+package tlscerts_test
 
 import (
 	"context"
@@ -13,15 +13,16 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/exec-reaper/exec-reaper/provider"
+	"github.com/exec-reaper/exec-reaper/provider/tlscerts"
+	"github.com/exec-reaper/exec-reaper/provider/tlscerts/tlstest"
 )
 
 // TestTLSClients checks who may talk to the provider: only TLS 1.3 clients
 // presenting a certificate from the client CA.
 func TestTLSClients(t *testing.T) {
-	e := newEnv(t, newPod(nil))
-	untrusted := newCA(t, "someone-else")
-	body := providerRequest(t, "v9:x")
+	e := newEnv(t)
+	untrusted := tlstest.NewCA(t, "someone-else")
+	body := requestBody
 	tests := []struct {
 		name    string
 		client  func(*testing.T) *http.Client
@@ -29,13 +30,13 @@ func TestTLSClients(t *testing.T) {
 	}{
 		{name: "Gatekeeper", client: e.gatekeeper},
 		{name: "no client certificate", client: func(t *testing.T) *http.Client {
-			return httpClient(t, nil, e.ca)
+			return tlstest.Client(t, nil, e.ca)
 		}, wantErr: "certificate required"},
 		{name: "client certificate from an untrusted CA", client: func(t *testing.T) *http.Client {
-			return httpClient(t, untrusted.issue(t, "gatekeeper-webhook", false), e.ca)
+			return tlstest.Client(t, untrusted.Issue(t, "gatekeeper-webhook", false), e.ca)
 		}, wantErr: "unknown certificate authority"},
 		{name: "server certificate used as client certificate", client: func(t *testing.T) *http.Client {
-			return httpClient(t, e.server, e.ca)
+			return tlstest.Client(t, e.server, e.ca)
 		}, wantErr: "bad certificate"},
 		{name: "TLS 1.2 at most", client: func(t *testing.T) *http.Client {
 			c := e.gatekeeper(t)
@@ -81,7 +82,7 @@ func peer(t *testing.T, c *http.Client, url string) (*x509.Certificate, error) {
 // connect makes one request and returns the state of its TLS connection.
 func connect(t *testing.T, c *http.Client, url string) (*tls.ConnectionState, error) {
 	t.Helper()
-	resp, err := c.Post(url, "application/json", strings.NewReader(string(providerRequest(t, "v9:x"))))
+	resp, err := c.Post(url, "application/json", strings.NewReader(string(requestBody)))
 	if err != nil {
 		return nil, err
 	}
@@ -101,27 +102,27 @@ func sameCert(a, b *x509.Certificate) bool {
 // client certificate is accepted and the old one refused, even when the old
 // client tries to resume its TLS session.
 func TestCertsRotation(t *testing.T) {
-	e := newEnv(t, newPod(nil))
-	ca2 := newCA(t, "gatekeeper-ca-2")
-	server2 := ca2.issue(t, "exec-reaper-provider-2", true)
-	client2 := ca2.issue(t, "gatekeeper-webhook-2", false)
+	e := newEnv(t)
+	ca2 := tlstest.NewCA(t, "gatekeeper-ca-2")
+	server2 := ca2.Issue(t, "exec-reaper-provider-2", true)
+	client2 := ca2.Issue(t, "gatekeeper-webhook-2", false)
 
 	// The old client keeps TLS session tickets, as a long-lived Gatekeeper would.
 	sessions := tls.NewLRUClientSessionCache(8)
 	oldClient := func(t *testing.T) *http.Client {
-		c := httpClient(t, e.client, e.ca, ca2)
+		c := tlstest.Client(t, e.client, e.ca, ca2)
 		c.Transport.(*http.Transport).TLSClientConfig.ClientSessionCache = sessions
 		return c
 	}
 	got, err := peer(t, oldClient(t), e.url())
-	if err != nil || !sameCert(got, e.server.cert) {
+	if err != nil || !sameCert(got, e.server.Cert) {
 		t.Fatalf("before rotation: peer %v, err %v; want the first server certificate", got, err)
 	}
 	if cs, err := connect(t, oldClient(t), e.url()); err != nil || !cs.DidResume {
 		t.Fatalf("before rotation, the old client did not resume its session (err %v)", err)
 	}
 
-	e.files.write(t, server2, ca2)
+	e.files.Write(t, server2, ca2)
 	if changed, err := e.certs.Reload(); err != nil || !changed {
 		t.Fatalf("Reload after rotation = %v, %v; want true, nil", changed, err)
 	}
@@ -129,21 +130,21 @@ func TestCertsRotation(t *testing.T) {
 		t.Fatalf("second Reload = %v, %v; want false, nil", changed, err)
 	}
 
-	got, err = peer(t, httpClient(t, client2, ca2), e.url())
+	got, err = peer(t, tlstest.Client(t, client2, ca2), e.url())
 	if err != nil {
 		t.Fatalf("new client after rotation: %v", err)
 	}
-	if !sameCert(got, server2.cert) || got.Subject.CommonName != "exec-reaper-provider-2" {
+	if !sameCert(got, server2.Cert) || got.Subject.CommonName != "exec-reaper-provider-2" {
 		t.Errorf("after rotation the server presents serial %v CN %q, want serial %v CN %q",
-			got.SerialNumber, got.Subject.CommonName, server2.cert.SerialNumber, server2.cert.Subject.CommonName)
+			got.SerialNumber, got.Subject.CommonName, server2.Cert.SerialNumber, server2.Cert.Subject.CommonName)
 	}
 	if _, err := peer(t, oldClient(t), e.url()); err == nil || !strings.Contains(err.Error(), "unknown certificate authority") {
 		t.Errorf("old client certificate, resuming its session, after the client CA rotated: err %v, want unknown certificate authority", err)
 	}
-	if _, err := peer(t, httpClient(t, e.client, e.ca, ca2), e.url()); err == nil || !strings.Contains(err.Error(), "unknown certificate authority") {
+	if _, err := peer(t, tlstest.Client(t, e.client, e.ca, ca2), e.url()); err == nil || !strings.Contains(err.Error(), "unknown certificate authority") {
 		t.Errorf("old client certificate after the client CA rotated: err %v, want unknown certificate authority", err)
 	}
-	if _, err := peer(t, httpClient(t, client2, e.ca), e.url()); err == nil {
+	if _, err := peer(t, tlstest.Client(t, client2, e.ca), e.url()); err == nil {
 		t.Error("client trusting only the old CA accepted the new server certificate")
 	}
 }
@@ -151,23 +152,23 @@ func TestCertsRotation(t *testing.T) {
 // TestCertsReloadErrors checks that a bad set of files is refused and the
 // previous certificates stay in use.
 func TestCertsReloadErrors(t *testing.T) {
-	other := newCA(t, "other").issue(t, "other", true)
+	other := tlstest.NewCA(t, "other").Issue(t, "other", true)
 	tests := []struct {
 		name    string
-		damage  func(t *testing.T, f certFiles)
+		damage  func(t *testing.T, f tlstest.Files)
 		wantErr string
 	}{
-		{name: "certificate missing", damage: func(t *testing.T, f certFiles) { remove(t, f.cert) }, wantErr: "no such file"},
-		{name: "key missing", damage: func(t *testing.T, f certFiles) { remove(t, f.key) }, wantErr: "no such file"},
-		{name: "CA missing", damage: func(t *testing.T, f certFiles) { remove(t, f.ca) }, wantErr: "no such file"},
-		{name: "key of another certificate", damage: func(t *testing.T, f certFiles) { writeAtomically(t, f.key, other.keyPEM) }, wantErr: "loading serving certificate"},
-		{name: "certificate not PEM", damage: func(t *testing.T, f certFiles) { writeAtomically(t, f.cert, []byte("garbage")) }, wantErr: "loading serving certificate"},
-		{name: "CA empty", damage: func(t *testing.T, f certFiles) { writeAtomically(t, f.ca, nil) }, wantErr: "no PEM certificates"},
-		{name: "CA is a key", damage: func(t *testing.T, f certFiles) { writeAtomically(t, f.ca, other.keyPEM) }, wantErr: "no PEM certificates"},
+		{name: "certificate missing", damage: func(t *testing.T, f tlstest.Files) { remove(t, f.Cert) }, wantErr: "no such file"},
+		{name: "key missing", damage: func(t *testing.T, f tlstest.Files) { remove(t, f.Key) }, wantErr: "no such file"},
+		{name: "CA missing", damage: func(t *testing.T, f tlstest.Files) { remove(t, f.CA) }, wantErr: "no such file"},
+		{name: "key of another certificate", damage: func(t *testing.T, f tlstest.Files) { tlstest.WriteAtomically(t, f.Key, other.KeyPEM) }, wantErr: "loading serving certificate"},
+		{name: "certificate not PEM", damage: func(t *testing.T, f tlstest.Files) { tlstest.WriteAtomically(t, f.Cert, []byte("garbage")) }, wantErr: "loading serving certificate"},
+		{name: "CA empty", damage: func(t *testing.T, f tlstest.Files) { tlstest.WriteAtomically(t, f.CA, nil) }, wantErr: "no PEM certificates"},
+		{name: "CA is a key", damage: func(t *testing.T, f tlstest.Files) { tlstest.WriteAtomically(t, f.CA, other.KeyPEM) }, wantErr: "no PEM certificates"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, newPod(nil))
+			e := newEnv(t)
 			tt.damage(t, e.files)
 			changed, err := e.certs.Reload()
 			if err == nil || changed || !strings.Contains(err.Error(), tt.wantErr) {
@@ -177,7 +178,7 @@ func TestCertsReloadErrors(t *testing.T) {
 				t.Errorf("Ready after a failed reload: %v", err)
 			}
 			got, err := peer(t, e.gatekeeper(t), e.url())
-			if err != nil || !sameCert(got, e.server.cert) {
+			if err != nil || !sameCert(got, e.server.Cert) {
 				t.Errorf("after a failed reload: peer %v, err %v; want the previous certificate", got, err)
 			}
 		})
@@ -194,8 +195,8 @@ func remove(t *testing.T, path string) {
 // TestCertsNotLoaded checks that a provider without certificates is not
 // ready and refuses every handshake.
 func TestCertsNotLoaded(t *testing.T) {
-	f := newCertFiles(t)
-	certs := provider.NewCerts(f.cert, f.key, f.ca)
+	f := tlstest.NewFiles(t)
+	certs := tlscerts.NewCerts(f.Cert, f.Key, f.CA)
 	if err := certs.Ready(); err == nil {
 		t.Error("Ready before loading = nil, want an error")
 	}
@@ -213,8 +214,8 @@ func TestCertsNotLoaded(t *testing.T) {
 		t.Error("GetConfigForClient before loading = nil error")
 	}
 
-	ca := newCA(t, "ca")
-	f.write(t, ca.issue(t, "server", true), ca)
+	ca := tlstest.NewCA(t, "ca")
+	f.Write(t, ca.Issue(t, "server", true), ca)
 	if changed, err := certs.Reload(); err != nil || !changed {
 		t.Fatalf("Reload = %v, %v; want true, nil", changed, err)
 	}
@@ -233,21 +234,21 @@ func TestCertsNotLoaded(t *testing.T) {
 
 // TestCertsRun checks that Run notices rotated files by itself.
 func TestCertsRun(t *testing.T) {
-	e := newEnv(t, newPod(nil))
+	e := newEnv(t)
 	ctx, cancel := context.WithCancel(quiet())
 	done := make(chan struct{})
 	go func() { e.certs.Run(ctx, 10*time.Millisecond); close(done) }()
 
-	ca2 := newCA(t, "gatekeeper-ca-2")
-	server2 := ca2.issue(t, "exec-reaper-provider-2", true)
-	client2 := httpClient(t, ca2.issue(t, "gatekeeper-webhook-2", false), ca2)
-	e.files.write(t, server2, ca2)
+	ca2 := tlstest.NewCA(t, "gatekeeper-ca-2")
+	server2 := ca2.Issue(t, "exec-reaper-provider-2", true)
+	client2 := tlstest.Client(t, ca2.Issue(t, "gatekeeper-webhook-2", false), ca2)
+	e.files.Write(t, server2, ca2)
 
 	var last error
 	err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, pollTimeout, true, func(context.Context) (bool, error) {
 		got, err := peer(t, client2, e.url())
 		last = err
-		return err == nil && sameCert(got, server2.cert), nil
+		return err == nil && sameCert(got, server2.Cert), nil
 	})
 	if err != nil {
 		t.Fatalf("Run did not pick up the new certificate: %v (last request: %v)", err, last)
