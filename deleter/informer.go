@@ -75,8 +75,11 @@ func StripPod(obj any) (any, error) {
 		},
 	}
 	out.Labels = keep(pod.Labels, nil, record.DeadlineLabel, record.PodUIDLabel)
-	if _, bound := out.Labels[record.PodUIDLabel]; !bound {
+	switch uid, bound := out.Labels[record.PodUIDLabel]; {
+	case !bound:
 		out.Annotations = keep(pod.Annotations, nil, record.PodUIDAnnotation)
+	case uid == string(pod.UID):
+		out.Labels[record.PodUIDLabel] = string(out.UID) // one copy of the UID, not two
 	}
 	out.Annotations = keep(pod.Annotations, out.Annotations, MirrorAnnotation)
 	if owner := metav1.GetControllerOfNoCopy(pod); owner != nil {
