@@ -80,21 +80,22 @@ const (
 // Leader election defaults. The goal: a standby acts within 5 s of the
 // leader's death. client-go's defaults (15 s, 10 s, 2 s) took about 20 s. A
 // standby takes over once it has seen no renewal for LeaseDuration, and it
-// looks every RetryPeriod to 2.2 RetryPeriods (client-go's jitter), so the
-// worst case after a kill is about LeaseDuration + 4.4 RetryPeriod: 4.8 s
-// here, typically ~4 s. The price is API load: the leader renews every
-// RetryPeriod (2.5 Lease writes/s) and each standby reads the Lease about as
-// often, comparable to the heartbeats of 25 nodes (each renews its Lease
-// every 10 s), and negligible beside a burst of evictions. RenewDeadline
-// leaves the leader 1 s between giving up and the Lease expiring, so it stops
-// before a standby starts; an overlap would still be harmless, since each
-// eviction is bound to the pod's UID and a second one answers "gone". The
-// leader-election client has its own rate limiter (see NewClients), so a
-// burst of evictions never delays a renewal.
+// looks every RetryPeriod to 2.2 RetryPeriods (client-go's jitter), so after
+// a kill it acts about LeaseDuration + 1.1 RetryPeriod later on average
+// (4.3 s here) and LeaseDuration + 4.4 RetryPeriod at worst (5.1 s). The
+// leader tolerates an API server stall of RenewDeadline (3 s) before it
+// steps down, and stops 1 s before its Lease expires, so it is done before a
+// standby starts; an overlap would still be harmless, since each eviction is
+// bound to the pod's UID and a second one answers "gone". The price is API
+// load: the leader renews every RetryPeriod (4 Lease writes/s) and each
+// standby reads the Lease about every 1.6 RetryPeriods (2.5 reads/s), like
+// the heartbeats of 40 nodes (each renews its Lease every 10 s), and
+// negligible beside a burst of evictions. The leader-election client has its
+// own rate limiter (see NewClients), so evictions never delay a renewal.
 const (
-	DefaultLeaseDuration = 3 * time.Second
-	DefaultRenewDeadline = 2 * time.Second
-	DefaultRetryPeriod   = 400 * time.Millisecond
+	DefaultLeaseDuration = 4 * time.Second
+	DefaultRenewDeadline = 3 * time.Second
+	DefaultRetryPeriod   = 250 * time.Millisecond
 )
 
 // Default fills unset fields.
