@@ -454,7 +454,9 @@ func (s *scale) coldStart(b *testing.B) map[string]float64 {
 	// The rest are not needed any more.
 	if err := s.admin.CoreV1().Pods(s.ns).DeleteCollection(context.Background(), metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)},
 		metav1.ListOptions{LabelSelector: "bench=rec"}); err != nil {
-		b.Fatal(err)
+		// A busy API server may cut a 5,000-pod delete short; the namespace
+		// goes at the end anyway.
+		b.Logf("deleting the remaining recorded pods: %v", err)
 	}
 	startAll(b)
 	return map[string]float64{"clear-s": total.Seconds(), "evictions/s": rate, "first-s": first.Sub(start).Seconds()}
