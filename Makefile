@@ -58,7 +58,7 @@ e2e: ## End-to-end suite on a local control plane with real Gatekeeper and kubec
 
 bench: ## Benchmarks; see BENCHMARKS.md. The second part runs against the local control plane.
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./provider/ ./record/
-	$(TOOLS_ENV) $(GO) test -tags e2e -count=1 -run '^$$' -bench . -benchtime 300x ./test/e2e/
+	$(TOOLS_ENV) $(GO) test -tags e2e -count=1 -timeout 40m -run '^$$' -bench . -benchtime 300x ./test/e2e/
 
 demo: ## The main job: exec into a pod on a local control plane and watch exec-reaper evict it.
 	$(TOOLS_ENV) $(GO) run ./test/demo

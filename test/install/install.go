@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -96,6 +97,8 @@ type Install struct {
 	providerSeq int
 	// Deleters are the deleter replicas; an entry is nil while stopped.
 	Deleters []*cluster.Process
+	// deleterMu guards Deleters against restartOnExit.
+	deleterMu sync.Mutex
 	// DeleterProbes are the deleters' probe/metrics base URLs.
 	DeleterProbes []string
 }
@@ -351,6 +354,9 @@ func (i *Install) startDeleters(ctx context.Context) error {
 }
 
 // StartDeleter (re)starts deleter replica n and waits until it is ready.
+// Like a kubelet, the install restarts a replica that exits on its own with
+// an error (a leader that lost its Lease exits so as to start afresh as a
+// standby); one stopped by StopDeleter, or killed by a signal, stays down.
 func (i *Install) StartDeleter(ctx context.Context, n int) error {
 	if i.DeleterProbes[n] == "" {
 		port, err := cluster.FreePort()
@@ -370,18 +376,46 @@ func (i *Install) StartDeleter(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
+	i.deleterMu.Lock()
 	i.Deleters[n] = p
+	i.deleterMu.Unlock()
+	go i.restartOnExit(n, p)
 	return waitReady(ctx, p, "http://"+i.DeleterProbes[n]+"/readyz")
+}
+
+// restartOnExit restarts replica n when p exits with an error status while
+// it is still the replica's process.
+func (i *Install) restartOnExit(n int, p *cluster.Process) {
+	<-p.Done()
+	_, err := p.Exited()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() <= 0 { // clean, or killed by a signal
+		return
+	}
+	i.deleterMu.Lock()
+	current := i.Deleters[n] == p
+	i.deleterMu.Unlock()
+	if !current {
+		return
+	}
+	i.logf("  %s exited (%v): restarting it, as a kubelet would", p.Name, err)
+	ctx, cancel := context.WithTimeout(context.Background(), ReadyTimeout)
+	defer cancel()
+	if err := i.StartDeleter(ctx, n); err != nil {
+		i.logf("  restarting %s: %v", p.Name, err)
+	}
 }
 
 // StopDeleter stops deleter replica n gracefully (it hands its lease over).
 func (i *Install) StopDeleter(n int) error {
-	if i.Deleters[n] == nil {
+	i.deleterMu.Lock()
+	p := i.Deleters[n]
+	i.Deleters[n] = nil // before Stop, so that restartOnExit leaves it down
+	i.deleterMu.Unlock()
+	if p == nil {
 		return nil
 	}
-	err := i.Deleters[n].Stop()
-	i.Deleters[n] = nil
-	return err
+	return p.Stop()
 }
 
 // DeleterMetrics returns replica n's /metrics text.
