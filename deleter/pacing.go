@@ -17,10 +17,10 @@ import (
 // and a watch of every ReplicaSet in the cluster would cache far more.
 const pacingRecheck = 2 * time.Second
 
-// ownerState is how far an owner is from full strength.
+// ownerState is an owner's readiness, as its status reports it.
 type ownerState struct {
-	// Unavailable is how many of the pods the owner wants are not Ready.
-	Unavailable int
+	// Ready is how many of its pods are Ready; Want how many it wants.
+	Ready, Want int
 	// Summary describes the owner for Events ("ReplicaSet web-6f9: 2 of 3 ready").
 	Summary string
 }
@@ -51,12 +51,18 @@ type pacer struct {
 	reserved map[types.UID]types.UID
 	// held is the pods waiting for their owner, for the gauge.
 	held map[types.UID]struct{}
+	// readyAtTake is, per owner, how many of its pods were Ready when the
+	// deleter last took one: the next goes only once as many are Ready
+	// again, that is once a replacement is Ready. In memory: after a leader
+	// change the first pod of each owner goes without this gate (pods still
+	// terminating count all the same).
+	readyAtTake map[types.UID]int
 }
 
 func newPacer(budget int, maxDelay time.Duration, pods func(string) ([]metav1.Object, error),
 	taken func(types.UID) bool, read ownerReader) *pacer {
 	return &pacer{budget: budget, maxDelay: maxDelay, pods: pods, taken: taken, read: read,
-		reserved: map[types.UID]types.UID{}, held: map[types.UID]struct{}{}}
+		reserved: map[types.UID]types.UID{}, held: map[types.UID]struct{}{}, readyAtTake: map[types.UID]int{}}
 }
 
 // verdict is pacing's answer for one due pod.
@@ -77,7 +83,7 @@ func (p *pacer) admit(ctx context.Context, pod metav1.Object, overdue time.Durat
 	if p == nil || p.budget < 0 || owner == nil {
 		return verdict{Go: true}, nil
 	}
-	wait, err := p.blocked(ctx, pod, *owner)
+	wait, state, err := p.blocked(ctx, pod, *owner)
 	if err != nil {
 		wait = fmt.Sprintf("cannot read its owner %s %s (%v)", owner.Kind, owner.Name, err)
 	}
@@ -100,25 +106,37 @@ func (p *pacer) admit(ctx context.Context, pod metav1.Object, overdue time.Durat
 	}
 	delete(p.held, pod.GetUID())
 	p.reserved[pod.GetUID()] = owner.UID
+	if state != nil {
+		p.readyAtTake[owner.UID] = state.Ready
+	}
 	return v, nil
 }
 
-// blocked says why pod's owner cannot spare it now, or "" if it can.
-func (p *pacer) blocked(ctx context.Context, pod metav1.Object, owner metav1.OwnerReference) (string, error) {
+// blocked says why pod's owner cannot spare it now, or "" if it can, with
+// the owner's state when it has one.
+func (p *pacer) blocked(ctx context.Context, pod metav1.Object, owner metav1.OwnerReference) (string, *ownerState, error) {
 	p.mu.Lock()
 	n := p.inFlight(pod, owner)
+	before, took := p.readyAtTake[owner.UID]
 	p.mu.Unlock()
 	if n >= p.budget {
-		return fmt.Sprintf("%d of its %s %s's pods are already going (budget %d)", n, owner.Kind, owner.Name, p.budget), nil
+		return fmt.Sprintf("%d of its %s %s's pods are already going (budget %d)", n, owner.Kind, owner.Name, p.budget), nil, nil
 	}
 	state, err := p.read(ctx, pod.GetNamespace(), owner)
 	if err != nil || state == nil {
-		return "", err
+		return "", nil, err
 	}
-	if down := max(state.Unavailable, n); down >= p.budget {
-		return fmt.Sprintf("its owner has no Ready replacement yet (%s; budget %d)", state.Summary, p.budget), nil
+	// Pods the deleter took that are not replaced by a Ready pod yet. An
+	// owner scaled down since wants fewer back.
+	missing := 0
+	if took {
+		missing = min(before, state.Want) - state.Ready
 	}
-	return "", nil
+	if down := max(missing, n); down >= p.budget {
+		return fmt.Sprintf("its owner has no Ready replacement yet (%s, %d when exec-reaper last took one; budget %d)",
+			state.Summary, before, p.budget), state, nil
+	}
+	return "", state, nil
 }
 
 // inFlight counts owner's recorded pods, other than pod, that are going:
@@ -228,7 +246,7 @@ func readOwner(client kubernetes.Interface) ownerReader {
 			return nil, fmt.Errorf("reading %s %s/%s: %w", owner.Kind, namespace, owner.Name, err)
 		}
 		return &ownerState{
-			Unavailable: int(max(want-ready, 0)),
+			Ready: int(ready), Want: int(want),
 			Summary:     fmt.Sprintf("%s %s: %d of %d ready", owner.Kind, owner.Name, ready, want),
 		}, nil
 	}

@@ -50,7 +50,7 @@ func replica(name string) *metav1.ObjectMeta {
 
 func TestPacerOnePodOfAnOwnerAtATime(t *testing.T) {
 	a, b := replica("a"), replica("b")
-	w := &pacingWorld{pods: []metav1.Object{a, b}, taken: map[types.UID]bool{}, state: &ownerState{Summary: "3 of 3 ready"}}
+	w := &pacingWorld{pods: []metav1.Object{a, b}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 3, Want: 3, Summary: "3 of 3 ready"}}
 	p := w.pacer(1)
 	ctx := context.Background()
 
@@ -72,11 +72,11 @@ func TestPacerOnePodOfAnOwnerAtATime(t *testing.T) {
 	}
 	// a is gone; the replacement is not Ready yet.
 	w.pods = []metav1.Object{b}
-	w.state = &ownerState{Unavailable: 1, Summary: "ReplicaSet o: 2 of 3 ready"}
+	w.state = &ownerState{Ready: 2, Want: 3, Summary: "ReplicaSet o: 2 of 3 ready"}
 	if v, _ := p.admit(ctx, b, 0); v.Go || !strings.Contains(v.Wait, "2 of 3 ready") {
 		t.Fatalf("second pod before the replacement is Ready: %+v, want it held for the owner", v)
 	}
-	w.state = &ownerState{Summary: "3 of 3 ready"}
+	w.state = &ownerState{Ready: 3, Want: 3, Summary: "3 of 3 ready"}
 	if v, _ := p.admit(ctx, b, 0); !v.Go || v.Forced != "" {
 		t.Fatalf("second pod once the replacement is Ready: %+v, want it to go", v)
 	}
@@ -91,7 +91,7 @@ func TestPacerTerminatingPodsCount(t *testing.T) {
 	a, b := replica("a"), replica("b")
 	now := metav1.Now()
 	a.DeletionTimestamp = &now
-	w := &pacingWorld{pods: []metav1.Object{a, b}, taken: map[types.UID]bool{}, state: &ownerState{}}
+	w := &pacingWorld{pods: []metav1.Object{a, b}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 1, Want: 2}}
 	if v, _ := w.pacer(1).admit(context.Background(), b, 0); v.Go {
 		t.Fatalf("pod while another of its owner terminates: %+v, want it held", v)
 	}
@@ -100,10 +100,48 @@ func TestPacerTerminatingPodsCount(t *testing.T) {
 	}
 }
 
-func TestPacerBoundedDelay(t *testing.T) {
-	b := replica("b")
-	w := &pacingWorld{pods: []metav1.Object{b}, taken: map[types.UID]bool{}, state: &ownerState{Unavailable: 1, Summary: "2 of 3 ready"}}
+func TestPacerOwnerNeverReady(t *testing.T) {
+	// Pods that were never Ready need no Ready replacement: taking one
+	// lowers no one's capacity. (A degraded owner is its
+	// PodDisruptionBudget's business.)
+	a, b := replica("a"), replica("b")
+	w := &pacingWorld{pods: []metav1.Object{a, b}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 0, Want: 2}}
 	p := w.pacer(1)
+	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
+		t.Fatalf("first pod: %+v, want it to go", v)
+	}
+	p.release(a.UID)
+	w.pods = []metav1.Object{b}
+	if v, _ := p.admit(context.Background(), b, 0); !v.Go {
+		t.Fatalf("second pod once the first is gone: %+v, want it to go", v)
+	}
+}
+
+func TestPacerOwnerScaledDown(t *testing.T) {
+	a, b := replica("a"), replica("b")
+	w := &pacingWorld{pods: []metav1.Object{a, b}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 3, Want: 3}}
+	p := w.pacer(1)
+	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
+		t.Fatalf("first pod: %+v, want it to go", v)
+	}
+	p.release(a.UID)
+	w.pods = []metav1.Object{b}
+	w.state = &ownerState{Ready: 2, Want: 2}
+	if v, _ := p.admit(context.Background(), b, 0); !v.Go {
+		t.Fatalf("second pod of an owner scaled down to its Ready pods: %+v, want it to go", v)
+	}
+}
+
+func TestPacerBoundedDelay(t *testing.T) {
+	a, b := replica("a"), replica("b")
+	w := &pacingWorld{pods: []metav1.Object{a, b}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 3, Want: 3}}
+	p := w.pacer(1)
+	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
+		t.Fatalf("first pod: %+v, want it to go", v)
+	}
+	p.release(a.UID)
+	w.pods = []metav1.Object{b}
+	w.state = &ownerState{Ready: 2, Want: 3, Summary: "2 of 3 ready"}
 	if v, _ := p.admit(context.Background(), b, time.Minute-time.Second); v.Go {
 		t.Fatalf("before maxDelay: %+v, want held", v)
 	}
@@ -123,7 +161,7 @@ func TestPacerUnreadableOwnerWaitsBounded(t *testing.T) {
 }
 
 func TestPacerSkipsPodsWithoutOwnerAndWhenOff(t *testing.T) {
-	w := &pacingWorld{taken: map[types.UID]bool{}, state: &ownerState{Unavailable: 5}}
+	w := &pacingWorld{taken: map[types.UID]bool{}, state: &ownerState{Want: 5}}
 	bare := &metav1.ObjectMeta{Name: "bare", UID: "uid-bare"}
 	if v, _ := w.pacer(1).admit(context.Background(), bare, 0); !v.Go {
 		t.Errorf("bare pod: %+v, want it to go", v)
@@ -147,11 +185,11 @@ func TestReadOwner(t *testing.T) {
 	read := readOwner(client)
 	ctx := context.Background()
 	rs, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web"})
-	if err != nil || rs == nil || rs.Unavailable != 1 || rs.Summary != "ReplicaSet web: 2 of 3 ready" {
+	if err != nil || rs == nil || rs.Ready != 2 || rs.Want != 3 || rs.Summary != "ReplicaSet web: 2 of 3 ready" {
 		t.Errorf("ReplicaSet: %+v, %v; want 1 unavailable", rs, err)
 	}
 	ds, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "apps/v1", Kind: "DaemonSet", Name: "agent"})
-	if err != nil || ds == nil || ds.Unavailable != 0 {
+	if err != nil || ds == nil || ds.Ready != 1 || ds.Want != 1 {
 		t.Errorf("DaemonSet: %+v, %v; want 0 unavailable", ds, err)
 	}
 	gone, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "apps/v1", Kind: "StatefulSet", Name: "db"})
