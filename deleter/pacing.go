@@ -247,7 +247,7 @@ func readOwner(client kubernetes.Interface) ownerReader {
 		}
 		return &ownerState{
 			Ready: int(ready), Want: int(want),
-			Summary:     fmt.Sprintf("%s %s: %d of %d ready", owner.Kind, owner.Name, ready, want),
+			Summary: fmt.Sprintf("%s %s: %d of %d ready", owner.Kind, owner.Name, ready, want),
 		}, nil
 	}
 }
