@@ -58,17 +58,26 @@ type Target struct {
 	Forced string
 }
 
+// Result is what an action did.
+type Result struct {
+	// Taken says the pod is now out of service: pacing counts it until it is
+	// gone, and it is not acted on again until After.
+	Taken bool
+	// After, if positive, asks for the pod to be acted on again that much
+	// later (a quarantine's end).
+	After time.Duration
+}
+
 // Action is what the deleter does with a pod whose deadline passed. A new way
 // of removing pods is one new Action.
 type Action interface {
 	// Name labels the action in logs.
 	Name() string
-	// Act acts on t. taken says the pod is now going (pacing counts it until
-	// it is gone). The error wraps errRefused while a PodDisruptionBudget
+	// Act acts on t. The error wraps errRefused while a PodDisruptionBudget
 	// holds the pod (retried for as long as it does), errImpossible when the
 	// API server will refuse until someone changes the cluster; any other
 	// error is retried a bounded number of times.
-	Act(ctx context.Context, t Target) (taken bool, err error)
+	Act(ctx context.Context, t Target) (Result, error)
 }
 
 // Evict evicts pods through the Eviction API, so PodDisruptionBudgets hold.
@@ -84,7 +93,7 @@ type Evict struct {
 func (*Evict) Name() string { return "evict" }
 
 // Act implements Action.
-func (a *Evict) Act(ctx context.Context, t Target) (bool, error) {
+func (a *Evict) Act(ctx context.Context, t Target) (Result, error) {
 	log := klog.FromContext(ctx)
 	callCtx, cancel := context.WithTimeout(ctx, evictTimeout)
 	defer cancel()
@@ -99,30 +108,30 @@ func (a *Evict) Act(ctx context.Context, t Target) (bool, error) {
 		a.Recorder.Eventf(t.Object, nil, corev1.EventTypeNormal, ReasonEvicted, "Evict",
 			"exec-reaper evicted this pod%s: %s%s", kindConsequence(t.Kind), recordReason(t.Deadline), forcedNote(t.Forced))
 		log.Info("Evicted", "deadline", t.Deadline, "kind", t.Kind)
-		return true, nil
+		return Result{Taken: true}, nil
 	case apierrors.IsNotFound(err):
 		evictionsTotal.WithLabelValues("gone").Inc()
-		return false, nil
+		return Result{}, nil
 	case apierrors.IsConflict(err):
 		// A failed UID precondition is a conflict, but so is a conflicting
 		// update of a PodDisruptionBudget's status: look before concluding.
-		return false, a.conflict(ctx, t, err)
+		return Result{}, a.conflict(ctx, t, err)
 	case apierrors.IsTooManyRequests(err):
 		if !budgetRefusal(err) {
 			evictionsTotal.WithLabelValues("throttled").Inc()
-			return false, fmt.Errorf("%w: evicting %s/%s: %w", errThrottled, t.Namespace, t.Name, err)
+			return Result{}, fmt.Errorf("%w: evicting %s/%s: %w", errThrottled, t.Namespace, t.Name, err)
 		}
 		evictionsTotal.WithLabelValues("refused").Inc()
 		why := refusal(err)
 		a.Recorder.Eventf(t.Object, nil, corev1.EventTypeWarning, ReasonEvictionRefused, "Evict",
 			"exec-reaper's eviction was refused by a PodDisruptionBudget and will be retried: %s", why)
-		return false, fmt.Errorf("%w: %s", errRefused, why)
+		return Result{}, fmt.Errorf("%w: %s", errRefused, why)
 	case multipleBudgets(err):
 		evictionsTotal.WithLabelValues("multiple_budgets").Inc()
-		return false, fmt.Errorf("%w: %s", errImpossible, refusal(err))
+		return Result{}, fmt.Errorf("%w: %s", errImpossible, refusal(err))
 	}
 	evictionsTotal.WithLabelValues("error").Inc()
-	return false, fmt.Errorf("evicting %s/%s: %w", t.Namespace, t.Name, err)
+	return Result{}, fmt.Errorf("evicting %s/%s: %w", t.Namespace, t.Name, err)
 }
 
 // conflict resolves a 409 from the Eviction API by reading the pod.
@@ -181,7 +190,7 @@ type DryRun struct {
 func (*DryRun) Name() string { return "dry-run" }
 
 // Act implements Action.
-func (a *DryRun) Act(ctx context.Context, t Target) (bool, error) {
+func (a *DryRun) Act(ctx context.Context, t Target) (Result, error) {
 	if _, seen := a.announced.LoadOrStore(t.UID, struct{}{}); !seen {
 		evictionsTotal.WithLabelValues("dry_run").Inc()
 		a.Recorder.Eventf(t.Object, nil, corev1.EventTypeNormal, ReasonWouldEvict, "Evict",
@@ -189,7 +198,7 @@ func (a *DryRun) Act(ctx context.Context, t Target) (bool, error) {
 			kindConsequence(t.Kind), t.Deadline.UTC().Format(time.RFC3339))
 		klog.FromContext(ctx).Info("Would evict (dry run)", "deadline", t.Deadline, "kind", t.Kind)
 	}
-	return false, nil
+	return Result{}, nil
 }
 
 // Forget drops what the action remembers about a deleted pod.

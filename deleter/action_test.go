@@ -69,7 +69,7 @@ func TestEvictClassifiesAnswers(t *testing.T) {
 			before := metricCount(t, tc.result)
 			rec := &notes{}
 			a := &Evict{Client: client, Recorder: rec}
-			taken, err := a.Act(context.Background(), Target{Namespace: "ns", Name: "web", UID: "uid-web", Deadline: time.Unix(0, 0), Kind: KindBare})
+			res, err := a.Act(context.Background(), Target{Namespace: "ns", Name: "web", UID: "uid-web", Deadline: time.Unix(0, 0), Kind: KindBare})
 			switch {
 			case tc.wantErr != nil && !errors.Is(err, tc.wantErr):
 				t.Errorf("err = %v, want %v", err, tc.wantErr)
@@ -78,8 +78,8 @@ func TestEvictClassifiesAnswers(t *testing.T) {
 			case tc.wantErr == nil && !tc.wantRetry && err != nil:
 				t.Errorf("err = %v, want nil", err)
 			}
-			if taken != tc.wantTaken {
-				t.Errorf("taken = %v, want %v", taken, tc.wantTaken)
+			if res.Taken != tc.wantTaken {
+				t.Errorf("taken = %v, want %v", res.Taken, tc.wantTaken)
 			}
 			if got := metricCount(t, tc.result) - before; got != 1 {
 				t.Errorf("evictions_total{result=%s} grew by %v, want 1", tc.result, got)
