@@ -151,7 +151,7 @@ func (a *Quarantiner) Act(ctx context.Context, t Target) (Result, error) {
 func (a *Quarantiner) isolate(ctx context.Context, pod *corev1.Pod, name string) error {
 	np := &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: pod.Namespace,
-			Labels: map[string]string{QuarantineLabel: string(pod.UID)},
+			Labels:          map[string]string{QuarantineLabel: string(pod.UID)},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID}}},
 		Spec: networkingv1.NetworkPolicySpec{
 			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{QuarantineLabel: string(pod.UID)}},
