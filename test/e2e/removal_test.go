@@ -17,6 +17,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
@@ -363,7 +364,8 @@ func TestRemovalQuarantine(t *testing.T) {
 	ns := namespace(t, "e2e-quarantine")
 	ctx := context.Background()
 	labels := map[string]string{"app": "forensics"}
-	restartDeleters(t, map[string]string{"action": "quarantine", "quarantine-retention": quarantineRetention.String()})
+	restartDeleters(t, []string{"deleter.action=quarantine", "deleter.quarantineRetention=" + quarantineRetention.String()},
+		map[string]string{"action": "quarantine", "quarantine-retention": quarantineRetention.String()})
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "forensics", Namespace: ns},
 		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(webPort)}}},
@@ -441,12 +443,29 @@ func TestRemovalQuarantine(t *testing.T) {
 	})
 }
 
-// restartDeleters restarts every deleter replica with extra flags, and with
-// the install's own flags again when t ends.
-func restartDeleters(t *testing.T, extra map[string]string) {
+// restartDeleters grants the deleters the chart's ClusterRole for values
+// and restarts every deleter replica with extra flags; when t ends, it
+// restores the install's role and flags.
+func restartDeleters(t *testing.T, values []string, extra map[string]string) {
 	t.Helper()
 	ctx := context.Background()
-	restart := func(extra map[string]string) error {
+	restart := func(values []string, extra map[string]string) error {
+		objs, err := inst.Render(ctx, values...)
+		if err != nil {
+			return err
+		}
+		var roles []*unstructured.Unstructured
+		for _, o := range objs {
+			if o.GetKind() == "ClusterRole" && strings.Contains(o.GetName(), "deleter") {
+				roles = append(roles, o)
+			}
+		}
+		if len(roles) == 0 {
+			return fmt.Errorf("the chart rendered no deleter ClusterRole")
+		}
+		if err := inst.Apply(ctx, "removal-deleter-role.yaml", roles); err != nil {
+			return fmt.Errorf("applying the deleter's ClusterRole: %w", err)
+		}
 		for n := range inst.Deleters {
 			if err := inst.StopDeleter(n); err != nil {
 				return fmt.Errorf("stopping deleter %d: %w", n, err)
@@ -459,11 +478,11 @@ func restartDeleters(t *testing.T, extra map[string]string) {
 		}
 		return nil
 	}
-	if err := restart(extra); err != nil {
+	if err := restart(values, extra); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := restart(nil); err != nil {
+		if err := restart(nil, nil); err != nil {
 			t.Errorf("restoring the deleters: %v", err)
 		}
 	})
