@@ -20,12 +20,13 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/informers"
-	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	metadatafake "k8s.io/client-go/metadata/fake"
+	"k8s.io/client-go/metadata/metadatalister"
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
+	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/deleter"
 	"github.com/exec-reaper/exec-reaper/record"
@@ -69,6 +70,29 @@ func recordedPod(name string, uid types.UID, deadline time.Time) *corev1.Pod {
 		},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.example/app:1"}}},
 	}
+}
+
+// asMetadata returns pod as the metadata API serves it: its whole
+// ObjectMeta, under the Pod's own kind so that the fake tracker files it
+// with pods.
+func asMetadata(pod *corev1.Pod) *metav1.PartialObjectMetadata {
+	return &metav1.PartialObjectMetadata{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: *pod.ObjectMeta.DeepCopy(),
+	}
+}
+
+// newMetadataClient returns a fake metadata client holding pods.
+func newMetadataClient(pods ...*corev1.Pod) *metadatafake.FakeMetadataClient {
+	scheme := metadatafake.NewTestScheme()
+	if err := metav1.AddMetaToScheme(scheme); err != nil {
+		panic(err)
+	}
+	objs := make([]runtime.Object, 0, len(pods))
+	for _, p := range pods {
+		objs = append(objs, asMetadata(p))
+	}
+	return metadatafake.NewSimpleMetadataClient(scheme, objs...)
 }
 
 // event is one Event the controller emitted.
@@ -178,16 +202,18 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// harness is a Controller wired as deleter.Run wires it, against a fake
-// clientset and a fake clock.
+// harness is a Controller wired as deleter.Run wires it, against fake
+// clients and a fake clock: the metadata client feeds the informer, the
+// typed one takes the evictions (and holds the same pods, which the fake
+// eviction needs).
 type harness struct {
 	t        *testing.T
 	client   *fake.Clientset
+	meta     *metadatafake.FakeMetadataClient
 	clock    *clocktesting.FakeClock
 	events   *eventLog
 	reg      *prometheus.Registry
-	factory  informers.SharedInformerFactory
-	informer coreinformers.PodInformer
+	informer cache.SharedIndexInformer
 	ctrl     *deleter.Controller
 	// idle is the number of clock waiters while no key is delayed in the
 	// queue (the delaying queue's heartbeat); one more means a key waits.
@@ -210,21 +236,25 @@ func newHarness(t *testing.T, opts deleter.Options, pods ...*corev1.Pod) *harnes
 	h := &harness{
 		t:      t,
 		client: fake.NewClientset(objs...),
+		meta:   newMetadataClient(pods...),
 		clock:  clocktesting.NewFakeClock(epoch),
 		events: &eventLog{},
 		reg:    prometheus.NewRegistry(),
 	}
-	h.factory = informers.NewSharedInformerFactoryWithOptions(h.client, 0,
-		informers.WithTweakListOptions(deleter.ListOptions), informers.WithTransform(deleter.StripPod))
-	h.informer = h.factory.Core().V1().Pods()
+	h.informer = deleter.NewPodInformer(h.meta, 0)
 	ctrl, err := deleter.NewController(h.client, h.informer, h.clock, h.events, opts)
 	if err != nil {
 		t.Fatalf("NewController: %v", err)
 	}
 	h.ctrl = ctrl
 	h.idle = h.clock.Waiters()
-	deleter.Register(h.reg, h.informer.Lister())
+	deleter.Register(h.reg, h.lister())
 	return h
+}
+
+// lister reads the informer's cache.
+func (h *harness) lister() metadatalister.Lister {
+	return metadatalister.New(h.informer.GetIndexer(), deleter.PodsResource)
 }
 
 // start runs the informers and the controller until the test ends; cleanup
@@ -232,7 +262,11 @@ func newHarness(t *testing.T, opts deleter.Options, pods ...*corev1.Pod) *harnes
 func (h *harness) start() {
 	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	h.factory.Start(ctx.Done())
+	informerDone := make(chan struct{})
+	go func() {
+		defer close(informerDone)
+		h.informer.RunWithContext(ctx)
+	}()
 	done := make(chan error, 1)
 	h.t.Cleanup(func() {
 		cancel()
@@ -244,11 +278,11 @@ func (h *harness) start() {
 		case <-time.After(pollTimeout):
 			h.t.Errorf("Controller.Run did not return within %v of cancellation", pollTimeout)
 		}
-		h.factory.Shutdown()
+		<-informerDone
 	})
 	// Pods created from now on reach the handler after the preloaded ones,
 	// through the watch: drain relies on that order.
-	if !cache.WaitForCacheSync(ctx.Done(), h.informer.Informer().HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), h.informer.HasSynced) {
 		h.t.Fatal("pod cache did not sync")
 	}
 	go func() { done <- h.ctrl.Run(ctx) }()
@@ -292,18 +326,22 @@ func (h *harness) create(pod *corev1.Pod) {
 	if _, err := h.client.CoreV1().Pods(pod.Namespace).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 		h.t.Fatalf("creating pod %s: %v", pod.Name, err)
 	}
+	if err := h.meta.Tracker().Create(deleter.PodsResource, asMetadata(pod), pod.Namespace); err != nil {
+		h.t.Fatalf("creating pod %s in the metadata fake: %v", pod.Name, err)
+	}
 }
 
-// update changes pod name through the API; the informer delivers the update.
-func (h *harness) update(name string, mutate func(*corev1.Pod)) {
+// update changes pod name's metadata through the API; the informer delivers
+// the update.
+func (h *harness) update(name string, mutate func(*metav1.PartialObjectMetadata)) {
 	h.t.Helper()
-	pods := h.client.CoreV1().Pods(namespace)
-	pod, err := pods.Get(context.Background(), name, metav1.GetOptions{})
+	obj, err := h.meta.Tracker().Get(deleter.PodsResource, namespace, name)
 	if err != nil {
 		h.t.Fatalf("getting pod %s: %v", name, err)
 	}
+	pod := obj.(*metav1.PartialObjectMetadata).DeepCopy()
 	mutate(pod)
-	if _, err := pods.Update(context.Background(), pod, metav1.UpdateOptions{}); err != nil {
+	if err := h.meta.Tracker().Update(deleter.PodsResource, pod, namespace); err != nil {
 		h.t.Fatalf("updating pod %s: %v", name, err)
 	}
 }
@@ -340,7 +378,7 @@ func TestEvictsAtDeadlineNotBefore(t *testing.T) {
 	h.clock.Step(59 * time.Second)
 	// A second early: make the controller look at the pod (an update), and
 	// prove it has before checking that it did not evict.
-	h.update("web", func(p *corev1.Pod) { p.Annotations["example.com/touched"] = "true" })
+	h.update("web", func(p *metav1.PartialObjectMetadata) { p.Annotations["example.com/touched"] = "true" })
 	h.drain()
 	if got := h.evictions("web"); len(got) != 0 {
 		t.Fatalf("evictions one second before the deadline = %v, want none", got)
@@ -612,7 +650,7 @@ func TestDryRun(t *testing.T) {
 
 	eventually(t, "the WouldEvict event", func() bool { return len(h.events.about("web", deleter.ReasonWouldEvict)) > 0 })
 	// An update (as a resync would) brings the pod back: no second report.
-	h.update("web", func(p *corev1.Pod) { p.Annotations["example.com/touched"] = "true" })
+	h.update("web", func(p *metav1.PartialObjectMetadata) { p.Annotations["example.com/touched"] = "true" })
 	h.drain()
 	evs := h.events.about("web", "")
 	if len(evs) != 1 || evs[0].Reason != deleter.ReasonWouldEvict || evs[0].Type != corev1.EventTypeNormal ||
@@ -637,7 +675,7 @@ func TestDeadlineMovedEarlier(t *testing.T) {
 	// Someone entered again with a shorter TTL: the provider moves the
 	// deadline earlier.
 	earlier := epoch.Add(10 * time.Second)
-	h.update("web", func(p *corev1.Pod) {
+	h.update("web", func(p *metav1.PartialObjectMetadata) {
 		p.Labels[record.DeadlineLabel] = record.FormatDeadline(earlier)
 		p.Annotations[record.DeadlineAnnotation] = earlier.Format(time.RFC3339)
 	})
@@ -717,29 +755,56 @@ func TestInvalidRecord(t *testing.T) {
 
 func TestStripPod(t *testing.T) {
 	deleted := metav1.NewTime(epoch)
-	full := recordedPod("web", "uid-web", epoch)
-	full.TypeMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"}
+	// full is a recorded pod's metadata as the API serves it, with
+	// everything the deleter does not act on.
+	full := asMetadata(recordedPod("web", "uid-web", epoch))
+	full.TypeMeta = metav1.TypeMeta{APIVersion: "meta.k8s.io/v1", Kind: "PartialObjectMetadata"}
 	full.ResourceVersion = "42"
 	full.DeletionTimestamp = &deleted
 	full.GenerateName = "web-"
 	full.Finalizers = []string{"example.com/hold"}
-	full.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-1", UID: "uid-rs"}}
+	full.Labels["app"] = "web"
+	full.Annotations["example.com/note"] = "kept elsewhere"
+	full.OwnerReferences = []metav1.OwnerReference{
+		{APIVersion: "v1", Kind: "ConfigMap", Name: "not-controller", UID: "uid-cm"},
+		{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-1", UID: "uid-rs", Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)},
+	}
 	full.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl", Operation: metav1.ManagedFieldsOperationApply}}
-	full.Spec.NodeName = "node-1"
-	full.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.0.0.1"}
 
-	want := &corev1.Pod{
-		TypeMeta: full.TypeMeta,
+	pod := metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"}
+	want := &metav1.PartialObjectMetadata{
+		TypeMeta: pod,
 		ObjectMeta: metav1.ObjectMeta{
 			Name:              "web",
 			Namespace:         namespace,
 			UID:               "uid-web",
 			ResourceVersion:   "42",
-			Labels:            full.Labels,
-			Annotations:       full.Annotations,
 			DeletionTimestamp: &deleted,
+			Labels: map[string]string{
+				record.DeadlineLabel: full.Labels[record.DeadlineLabel],
+				record.PodUIDLabel:   "uid-web",
+			},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-1", UID: "uid-rs", Controller: ptr.To(true)}},
 		},
 	}
+
+	// A record from before the pod UID was a label: the annotation binds it.
+	legacy := full.DeepCopy()
+	delete(legacy.Labels, record.PodUIDLabel)
+	legacy.OwnerReferences = nil
+	wantLegacy := want.DeepCopy()
+	delete(wantLegacy.Labels, record.PodUIDLabel)
+	wantLegacy.Annotations = map[string]string{record.PodUIDAnnotation: "uid-web"}
+	wantLegacy.OwnerReferences = nil
+
+	// A static pod's mirror keeps its mark.
+	mirror := full.DeepCopy()
+	mirror.Annotations[deleter.MirrorAnnotation] = "hash"
+	mirror.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: "node-1", UID: "uid-node", Controller: ptr.To(true)}}
+	wantMirror := want.DeepCopy()
+	wantMirror.Annotations = map[string]string{deleter.MirrorAnnotation: "hash"}
+	wantMirror.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: "node-1", UID: "uid-node", Controller: ptr.To(true)}}
+
 	tombstone := cache.DeletedFinalStateUnknown{Key: namespace + "/web", Obj: full}
 
 	for _, tc := range []struct {
@@ -747,7 +812,10 @@ func TestStripPod(t *testing.T) {
 		in   any
 		want any
 	}{
-		{"pod keeps only what the deleter reads", full.DeepCopy(), want},
+		{"pod keeps only what the deleter acts on", full.DeepCopy(), want},
+		{"already stripped pod is unchanged", want.DeepCopy(), want},
+		{"legacy record keeps the pod-uid annotation", legacy, wantLegacy},
+		{"mirror pod keeps the mirror annotation", mirror, wantMirror},
 		{"tombstone passes through", tombstone, tombstone},
 		{"other object passes through", &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cm"}}, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cm"}}},
 	} {
@@ -794,14 +862,14 @@ func TestInformerCachesOnlyRecordedPodsStripped(t *testing.T) {
 	h := newHarness(t, deleter.Options{}, recordedPod("web", "uid-web", epoch.Add(time.Hour)), plain)
 	h.start()
 
-	cached, err := h.informer.Lister().List(labels.Everything())
+	cached, err := h.lister().List(labels.Everything())
 	if err != nil {
 		t.Fatalf("listing the cache: %v", err)
 	}
 	var names []string
 	for _, p := range cached {
 		names = append(names, p.Name)
-		if len(p.Spec.Containers) != 0 || p.ManagedFields != nil {
+		if p.Annotations != nil || p.ManagedFields != nil || p.Kind != "Pod" {
 			t.Errorf("cached pod %s was not stripped: %+v", p.Name, p)
 		}
 	}
@@ -809,7 +877,7 @@ func TestInformerCachesOnlyRecordedPodsStripped(t *testing.T) {
 		t.Errorf("cached pods = %v, want [web]", names)
 	}
 	var selectors []string
-	for _, a := range h.client.Actions() {
+	for _, a := range h.meta.Actions() {
 		if l, ok := a.(clienttesting.ListAction); ok && a.GetResource().Resource == "pods" {
 			selectors = append(selectors, l.GetListRestrictions().Labels.String())
 		}
@@ -833,7 +901,7 @@ func TestEvictsOncePerPodWhileItTerminates(t *testing.T) {
 	eventually(t, "the eviction", func() bool { return len(h.evictions("web")) > 0 })
 	// The fake's eviction leaves the pod as it was, without a
 	// deletionTimestamp: as the lister sees it right after a real one.
-	h.update("web", func(p *corev1.Pod) { p.Annotations["example.com/status"] = "terminating" })
+	h.update("web", func(p *metav1.PartialObjectMetadata) { p.Annotations["example.com/status"] = "terminating" })
 	h.drain()
 	if got := h.evictions("web"); len(got) != 1 {
 		t.Errorf("evictions = %v, want one", got)

@@ -5,10 +5,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
-// MirrorAnnotation marks a mirror pod: the API object the kubelet creates for
-// a static pod it runs from a manifest on its node.
-const MirrorAnnotation = "kubernetes.io/config.mirror"
-
 // PodKind is what a pod's removal means, decided by who owns it. The
 // deleter's informer transform must keep what Classify reads: annotations
 // (the mirror annotation) and owner references.

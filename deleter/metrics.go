@@ -3,7 +3,8 @@ package deleter
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/labels"
-	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/metadata/metadatalister"
+	clientmetrics "k8s.io/client-go/tools/metrics"
 )
 
 var (
@@ -31,9 +32,13 @@ var (
 )
 
 // Register adds the deleter's metrics to reg, including a gauge of the
-// recorded pods in pods' cache.
-func Register(reg prometheus.Registerer, pods corelisters.PodLister) {
-	reg.MustRegister(evictionsTotal, evictionLag, dropsTotal, guardInForce, guardHeldTotal,
+// recorded pods in pods' cache, and has client-go report its client-side
+// rate limiting into them (once per process).
+func Register(reg prometheus.Registerer, pods metadatalister.Lister) {
+	registerClientMetrics.Do(func() {
+		clientmetrics.Register(clientmetrics.RegisterOpts{RateLimiterLatency: throttling})
+	})
+	reg.MustRegister(evictionsTotal, evictionLag, dropsTotal, guardInForce, guardHeldTotal, throttleWait, throttledTotal,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "exec_reaper_deleter_recorded_pods",
 			Help: "Pods that carry an exec-reaper record and still exist.",

@@ -108,6 +108,22 @@ func (r *running) wait(t *testing.T, why string) error {
 	}
 }
 
+// clientsFor returns the deleter's clients over client, with a metadata
+// client that holds the same pods (as the API server serves both views of
+// one store).
+func clientsFor(t *testing.T, client *fake.Clientset) deleter.Clients {
+	t.Helper()
+	list, err := client.CoreV1().Pods(metav1.NamespaceAll).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatalf("listing the fake's pods: %v", err)
+	}
+	pods := make([]*corev1.Pod, 0, len(list.Items))
+	for i := range list.Items {
+		pods = append(pods, &list.Items[i])
+	}
+	return deleter.Clients{Kube: client, Metadata: newMetadataClient(pods...)}
+}
+
 // startRun runs deleter.Run until the test ends. Cleanup cancels it and
 // waits for it to return.
 func startRun(t *testing.T, cfg deleter.Config, client *fake.Clientset) *running {
@@ -116,7 +132,7 @@ func startRun(t *testing.T, cfg deleter.Config, client *fake.Clientset) *running
 	r := &running{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
-		r.err = deleter.Run(ctx, cfg, client, clock.RealClock{}, prometheus.NewRegistry())
+		r.err = deleter.Run(ctx, cfg, clientsFor(t, client), clock.RealClock{}, prometheus.NewRegistry())
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -255,7 +271,7 @@ func TestRunRejectsIncompleteLeaderElection(t *testing.T) {
 			tc.mutate(&cfg)
 			ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 			defer cancel()
-			err := deleter.Run(ctx, cfg, fake.NewClientset(), clock.RealClock{}, prometheus.NewRegistry())
+			err := deleter.Run(ctx, cfg, clientsFor(t, fake.NewClientset()), clock.RealClock{}, prometheus.NewRegistry())
 			if err == nil || ctx.Err() != nil {
 				t.Errorf("Run = %v (context: %v), want an immediate configuration error", err, ctx.Err())
 			}
@@ -274,7 +290,8 @@ func TestRunWithoutLeaderElectionEvicts(t *testing.T) {
 	if got := evictions(client, "web")[0]; got.UID != uid {
 		t.Errorf("eviction precondition UID = %q, want %q", got.UID, uid)
 	}
-	// The Evicted event reaches the API through the broadcaster.
+	// The Evicted event reaches the API through the broadcaster, and regards
+	// the Pod (kind, version, UID), though the cache holds metadata only.
 	eventually(t, "the Evicted event in the API", func() bool {
 		list, err := client.EventsV1().Events(namespace).List(context.Background(), metav1.ListOptions{})
 		if err != nil {
@@ -282,6 +299,10 @@ func TestRunWithoutLeaderElectionEvicts(t *testing.T) {
 		}
 		for _, e := range list.Items {
 			if e.Reason == deleter.ReasonEvicted && e.Regarding.Name == "web" && e.ReportingController == deleter.Component {
+				want := corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: namespace, Name: "web", UID: uid}
+				if got := e.Regarding; got != want {
+					t.Errorf("Evicted event regards %+v, want %+v", got, want)
+				}
 				return true
 			}
 		}
@@ -308,7 +329,7 @@ func TestRunCancelledBeforeSyncReturnsNil(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	client := fake.NewClientset(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: namespace}})
-	if err := deleter.Run(ctx, cfg, client, clock.RealClock{}, prometheus.NewRegistry()); err != nil {
+	if err := deleter.Run(ctx, cfg, clientsFor(t, client), clock.RealClock{}, prometheus.NewRegistry()); err != nil {
 		t.Errorf("Run with a cancelled context = %v, want nil", err)
 	}
 }

@@ -8,9 +8,9 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -31,7 +31,9 @@ func main() {
 	fs.StringVar(&kubeconfig, "kubeconfig", "", "Path to a kubeconfig; empty means in-cluster.")
 	fs.StringVar(&cfg.ProbeAddr, "probe-addr", cfg.ProbeAddr, "Plain-HTTP address for /livez, /readyz and /metrics.")
 	fs.BoolVar(&cfg.DryRun, "dry-run", false, "Emit an Event instead of evicting.")
-	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "Pods evicted in parallel.")
+	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "Evictions in flight at once; with the API server's latency per eviction, this bounds the eviction rate (README: Sizing the deleter).")
+	fs.Var(qpsFlag{&cfg.KubeAPIQPS}, "kube-api-qps", "Client-side limit of API requests per second, for evictions and for Events (each its own); negative turns it off. Sized so the API server's priority and fairness is the bound (README: Sizing the deleter).")
+	fs.IntVar(&cfg.KubeAPIBurst, "kube-api-burst", cfg.KubeAPIBurst, "Client-side burst of API requests: how many go at once before --kube-api-qps applies.")
 	fs.DurationVar(&cfg.RetryBaseDelay, "retry-base-delay", cfg.RetryBaseDelay, "First delay after a refused or failed eviction.")
 	fs.DurationVar(&cfg.RetryMaxDelay, "retry-max-delay", cfg.RetryMaxDelay, "Longest delay between retries; also how late an eviction can be once its PodDisruptionBudget allows it.")
 	fs.IntVar(&cfg.MaxRetries, "max-retries", cfg.MaxRetries, "Retries for evictions failing for reasons other than a PodDisruptionBudget, before waiting for the next resync.")
@@ -63,11 +65,30 @@ func run(ctx context.Context, cfg deleter.Config, kubeconfig string) error {
 		return fmt.Errorf("loading kubeconfig: %w", err)
 	}
 	restCfg.UserAgent = "exec-reaper-deleter"
-	client, err := kubernetes.NewForConfig(restCfg)
+	clients, err := deleter.NewClients(restCfg, cfg)
 	if err != nil {
 		return err
 	}
 	reg := serve.NewRegistry()
 	ctx = klog.NewContext(ctx, klog.Background().WithName("deleter"))
-	return deleter.Run(ctx, cfg, client, clock.RealClock{}, reg)
+	return deleter.Run(ctx, cfg, clients, clock.RealClock{}, reg)
+}
+
+// qpsFlag is a float32 flag, the type of rest.Config's QPS.
+type qpsFlag struct{ v *float32 }
+
+func (f qpsFlag) String() string {
+	if f.v == nil {
+		return ""
+	}
+	return strconv.FormatFloat(float64(*f.v), 'g', -1, 32)
+}
+
+func (f qpsFlag) Set(s string) error {
+	v, err := strconv.ParseFloat(s, 32)
+	if err != nil {
+		return fmt.Errorf("not a number of requests per second: %w", err)
+	}
+	*f.v = float32(v)
+	return nil
 }
