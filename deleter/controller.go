@@ -466,14 +466,21 @@ func (c *Controller) escalation() string {
 	return fmt.Sprintf(" and deletes it %s after its deadline (escalation)", c.opts.EscalateAfter)
 }
 
-// overdue counts the recorded pods past their deadline that still exist and
-// are not terminating: what an alert watches.
+// overdue counts the recorded pods past their deadline that still exist, are
+// not terminating, and were not taken (evicted, not yet seen terminating; or
+// quarantined on purpose): what an alert watches.
 func (c *Controller) overdue() float64 {
 	list, _ := c.pods.List(labels.Everything()) // a cache read; never fails.
 	now := c.clock.Now()
 	n := 0
 	for _, pod := range list {
 		if pod.DeletionTimestamp != nil {
+			continue
+		}
+		if _, taken := c.evicted.Load(pod.UID); taken {
+			continue // going, or quarantined on purpose
+		}
+		if _, quarantined := ReadQuarantine(pod.Annotations); quarantined {
 			continue
 		}
 		deadline, uid, err := record.Binding(pod.Labels, pod.Annotations)
