@@ -397,20 +397,24 @@ func TestDefaults(t *testing.T) {
 		d := deployment(t, o, gkNS, "exec-reaper-deleter")
 		c := d.Spec.Template.Spec.Containers[0]
 		want := map[string]string{
-			"probe-addr":      ":8081",
-			"leader-elect":    "true",
-			"lease-namespace": "gatekeeper-system",
-			"lease-name":      "exec-reaper-deleter",
-			"lease-duration":  "3s",
-			"renew-deadline":  "2s",
-			"retry-period":    "400ms",
-			"workers":         "32",
-			"kube-api-qps":    "500",
-			"kube-api-burst":  "1000",
-			"resync":          "10m",
-			"retry-max-delay": "10s",
-			"guard-policy":    "exec-reaper-record-guard",
-			"v":               "0",
+			"probe-addr":       ":8081",
+			"leader-elect":     "true",
+			"lease-namespace":  "gatekeeper-system",
+			"lease-name":       "exec-reaper-deleter",
+			"lease-duration":   "3s",
+			"renew-deadline":   "2s",
+			"retry-period":     "400ms",
+			"workers":          "32",
+			"kube-api-qps":     "500",
+			"kube-api-burst":   "1000",
+			"resync":           "10m",
+			"retry-max-delay":  "10s",
+			"action":           "evict",
+			"pacing-budget":    "1",
+			"max-pacing-delay": "5m",
+			"escalate-after":   "0s",
+			"guard-policy":     "exec-reaper-record-guard",
+			"v":                "0",
 		}
 		if a := args(t, c); !reflect.DeepEqual(a, want) {
 			t.Errorf("deleter args:\n got %v\nwant %v", a, want)
