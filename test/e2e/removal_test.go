@@ -4,7 +4,10 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +27,7 @@ import (
 
 	"github.com/exec-reaper/exec-reaper/deleter"
 	"github.com/exec-reaper/exec-reaper/record"
+	"github.com/exec-reaper/exec-reaper/test/cluster"
 )
 
 // Removal: pacing per owner, what each kind of pod gets, giving up visibly,
@@ -305,6 +309,71 @@ func TestRemovalPerKind(t *testing.T) {
 			t.Error(err)
 		}
 	})
+}
+
+// TestRemovalMirrorPodIsSkipped: a static pod's mirror is not evicted
+// (that would delete only the API object; the kubelet keeps the containers
+// running): the deleter says so once, counts it, and leaves it overdue.
+func TestRemovalMirrorPodIsSkipped(t *testing.T) {
+	ns := namespace(t, "e2e-mirror")
+	ctx := context.Background()
+	dir := c.StaticPodDir()
+	if dir == "" {
+		t.Fatal("the suite's node has no static pod directory")
+	}
+	static := &corev1.Pod{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Name: "static", Namespace: ns, Labels: map[string]string{"app": "static"}},
+		Spec:       nodeSpec(),
+	}
+	static.Spec.AutomountServiceAccountToken = nil
+	b, err := json.Marshal(static)
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := filepath.Join(dir, ns+"-static.json")
+	if err := os.WriteFile(manifest, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mirrorName := "static-" + cluster.NodeName
+	t.Cleanup(func() {
+		_ = os.Remove(manifest)
+		poll(t, "the mirror pod to go with its manifest", nodePodTimeout, func(ctx context.Context) (bool, error) {
+			_, err := c.Client().CoreV1().Pods(ns).Get(ctx, mirrorName, metav1.GetOptions{})
+			return apierrors.IsNotFound(err), nil
+		})
+	})
+	pod := waitPodReady(t, ns, mirrorName)
+	if _, ok := pod.Annotations[deleter.MirrorAnnotation]; !ok {
+		t.Fatalf("pod %s has no %s annotation: not a mirror pod", pod.Name, deleter.MirrorAnnotation)
+	}
+	before := deleterMetric(t, "exec_reaper_deleter_gave_up_total", `reason="mirror"`)
+	kubectlOK(t, aliceKubeconfig, "exec", "-n", ns, pod.Name, "-c", "app", "--", "true")
+	rec := waitRecord(t, pod)
+
+	evs := waitEventsAtLeast(t, pod, deleter.ReasonMirrorPod, time.Until(rec.Deadline)+evictionTimeout)
+	if !strings.Contains(evs[0].Message, "kubelet keeps the containers running") {
+		t.Errorf("event %q does not say why", evs[0].Message)
+	}
+	poll(t, "the give-up counted", recordTimeout, func(context.Context) (bool, error) {
+		return deleterMetric(t, "exec_reaper_deleter_gave_up_total", `reason="mirror"`) > before, nil
+	})
+	if got := deleterMetric(t, "exec_reaper_deleter_overdue_pods", ""); got < 1 {
+		t.Errorf("overdue_pods = %v, want the mirror pod counted", got)
+	}
+	p, err := c.Client().CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+	if err != nil || p.UID != pod.UID || p.DeletionTimestamp != nil || !isReady(p) {
+		t.Errorf("mirror pod after its deadline: %v; want it untouched and running", err)
+	}
+	if got := evictionsOf(t, pod); got != 0 {
+		t.Errorf("%d evictions of the mirror pod, want none", got)
+	}
+}
+
+// evictionsOf counts the Evicted Events on pod.
+func evictionsOf(t *testing.T, pod *corev1.Pod) int {
+	t.Helper()
+	return len(events(t, pod, deleter.ReasonEvicted))
 }
 
 // TestRemovalTwoBudgetsGivesUpVisibly: the Eviction API answers 500 for a
