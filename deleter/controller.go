@@ -429,7 +429,6 @@ func (c *Controller) act(ctx context.Context, pod *metav1.PartialObjectMetadata,
 		}
 		return min(pacingRecheck, max(latest.Sub(c.clock.Now()), time.Millisecond)), nil
 	}
-	defer c.pacer.release(t.UID)
 	t.Forced = v.Forced
 	res, err := c.action.Act(ctx, t)
 	if res.Taken {
@@ -450,11 +449,13 @@ func (c *Controller) act(ctx context.Context, pod *metav1.PartialObjectMetadata,
 	}
 	if (errors.Is(err, errRefused) || errors.Is(err, errImpossible)) && c.opts.EscalateAfter > 0 && overdue >= c.opts.EscalateAfter {
 		if derr := deletePod(ctx, c.client, c.recorder, t, err, overdue); derr != nil {
+			c.pacer.release(t.UID, false)
 			return 0, derr
 		}
 		c.evicted.Store(t.UID, time.Time{})
-		return 0, nil
+		res, err = Result{Taken: true}, nil
 	}
+	c.pacer.release(t.UID, res.Taken)
 	return res.After, err
 }
 

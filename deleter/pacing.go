@@ -48,7 +48,7 @@ type pacer struct {
 	mu sync.Mutex
 	// reserved maps a pod being acted on to its owner, so two workers never
 	// both take the last slot of one owner.
-	reserved map[types.UID]types.UID
+	reserved map[types.UID]reservation
 	// held is the pods waiting for their owner, for the gauge.
 	held map[types.UID]struct{}
 	// readyAtTake is, per owner, how many of its pods were Ready when the
@@ -62,7 +62,14 @@ type pacer struct {
 func newPacer(budget int, maxDelay time.Duration, pods func(string) ([]metav1.Object, error),
 	taken func(types.UID) bool, read ownerReader) *pacer {
 	return &pacer{budget: budget, maxDelay: maxDelay, pods: pods, taken: taken, read: read,
-		reserved: map[types.UID]types.UID{}, held: map[types.UID]struct{}{}, readyAtTake: map[types.UID]int{}}
+		reserved: map[types.UID]reservation{}, held: map[types.UID]struct{}{}, readyAtTake: map[types.UID]int{}}
+}
+
+// reservation is a pod being acted on.
+type reservation struct {
+	owner types.UID
+	// state is the owner's state when the pod was admitted, if read.
+	state *ownerState
 }
 
 // verdict is pacing's answer for one due pod.
@@ -105,10 +112,7 @@ func (p *pacer) admit(ctx context.Context, pod metav1.Object, overdue time.Durat
 		v.Forced = fmt.Sprintf("it waited the longest allowed (%s past its deadline) for its owner: %s", p.maxDelay, wait)
 	}
 	delete(p.held, pod.GetUID())
-	p.reserved[pod.GetUID()] = owner.UID
-	if state != nil {
-		p.readyAtTake[owner.UID] = state.Ready
-	}
+	p.reserved[pod.GetUID()] = reservation{owner: owner.UID, state: state}
 	return v, nil
 }
 
@@ -145,8 +149,8 @@ func (p *pacer) blocked(ctx context.Context, pod metav1.Object, owner metav1.Own
 // predecessor started. Callers hold p.mu.
 func (p *pacer) inFlight(pod metav1.Object, owner metav1.OwnerReference) int {
 	n := 0
-	for uid, o := range p.reserved {
-		if o == owner.UID && uid != pod.GetUID() {
+	for uid, r := range p.reserved {
+		if r.owner == owner.UID && uid != pod.GetUID() {
 			n++
 		}
 	}
@@ -173,13 +177,18 @@ func (p *pacer) inFlight(pod metav1.Object, owner metav1.OwnerReference) int {
 	return n
 }
 
-// release ends pod's reservation, once its action returned.
-func (p *pacer) release(pod types.UID) {
+// release ends pod's reservation, once its action returned; taken says the
+// action took the pod down, so its owner must be back to the Ready pods it
+// had before the next of its pods goes.
+func (p *pacer) release(pod types.UID, taken bool) {
 	if p == nil {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if r, ok := p.reserved[pod]; ok && taken && r.state != nil {
+		p.readyAtTake[r.owner] = r.state.Ready
+	}
 	delete(p.reserved, pod)
 }
 

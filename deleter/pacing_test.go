@@ -63,7 +63,7 @@ func TestPacerOnePodOfAnOwnerAtATime(t *testing.T) {
 	}
 	// a was evicted: taken, then terminating in the cache.
 	w.taken[a.UID] = true
-	p.release(a.UID)
+	p.release(a.UID, true)
 	if v, _ := p.admit(ctx, b, 0); v.Go || !strings.Contains(v.Wait, "already going") {
 		t.Fatalf("second pod while the first is going: %+v, want it held for the first", v)
 	}
@@ -100,6 +100,22 @@ func TestPacerTerminatingPodsCount(t *testing.T) {
 	}
 }
 
+func TestPacerRefusedPodSetsNoGate(t *testing.T) {
+	// A pod whose eviction was refused was not taken: its own retry must not
+	// wait for a replacement of itself.
+	a := replica("a")
+	w := &pacingWorld{pods: []metav1.Object{a}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 1, Want: 1}}
+	p := w.pacer(1)
+	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
+		t.Fatalf("first attempt: %+v, want it to go", v)
+	}
+	p.release(a.UID, false)
+	w.state = &ownerState{Ready: 0, Want: 1}
+	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
+		t.Fatalf("retry after a refusal: %+v, want it to go", v)
+	}
+}
+
 func TestPacerOwnerNeverReady(t *testing.T) {
 	// Pods that were never Ready need no Ready replacement: taking one
 	// lowers no one's capacity. (A degraded owner is its
@@ -110,7 +126,7 @@ func TestPacerOwnerNeverReady(t *testing.T) {
 	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
 		t.Fatalf("first pod: %+v, want it to go", v)
 	}
-	p.release(a.UID)
+	p.release(a.UID, true)
 	w.pods = []metav1.Object{b}
 	if v, _ := p.admit(context.Background(), b, 0); !v.Go {
 		t.Fatalf("second pod once the first is gone: %+v, want it to go", v)
@@ -124,7 +140,7 @@ func TestPacerOwnerScaledDown(t *testing.T) {
 	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
 		t.Fatalf("first pod: %+v, want it to go", v)
 	}
-	p.release(a.UID)
+	p.release(a.UID, true)
 	w.pods = []metav1.Object{b}
 	w.state = &ownerState{Ready: 2, Want: 2}
 	if v, _ := p.admit(context.Background(), b, 0); !v.Go {
@@ -139,7 +155,7 @@ func TestPacerBoundedDelay(t *testing.T) {
 	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
 		t.Fatalf("first pod: %+v, want it to go", v)
 	}
-	p.release(a.UID)
+	p.release(a.UID, true)
 	w.pods = []metav1.Object{b}
 	w.state = &ownerState{Ready: 2, Want: 3, Summary: "2 of 3 ready"}
 	if v, _ := p.admit(context.Background(), b, time.Minute-time.Second); v.Go {
