@@ -437,7 +437,7 @@ func TestRemovalQuarantine(t *testing.T) {
 		map[string]string{"action": "quarantine", "quarantine-retention": quarantineRetention.String()})
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "forensics", Namespace: ns},
-		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(webPort)}}},
+		Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(webPort)}}},
 	}
 	if _, err := c.Client().CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
