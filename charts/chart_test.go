@@ -397,20 +397,24 @@ func TestDefaults(t *testing.T) {
 		d := deployment(t, o, gkNS, "exec-reaper-deleter")
 		c := d.Spec.Template.Spec.Containers[0]
 		want := map[string]string{
-			"probe-addr":      ":8081",
-			"leader-elect":    "true",
-			"lease-namespace": "gatekeeper-system",
-			"lease-name":      "exec-reaper-deleter",
-			"lease-duration":  "4s",
-			"renew-deadline":  "3s",
-			"retry-period":    "250ms",
-			"workers":         "32",
-			"kube-api-qps":    "500",
-			"kube-api-burst":  "1000",
-			"resync":          "10m",
-			"retry-max-delay": "10s",
-			"guard-policy":    "exec-reaper-record-guard",
-			"v":               "0",
+			"probe-addr":       ":8081",
+			"leader-elect":     "true",
+			"lease-namespace":  "gatekeeper-system",
+			"lease-name":       "exec-reaper-deleter",
+			"lease-duration":   "4s",
+			"renew-deadline":   "3s",
+			"retry-period":     "250ms",
+			"workers":          "32",
+			"kube-api-qps":     "500",
+			"kube-api-burst":   "1000",
+			"resync":           "10m",
+			"retry-max-delay":  "10s",
+			"action":           "evict",
+			"pacing-budget":    "1",
+			"max-pacing-delay": "5m",
+			"escalate-after":   "0s",
+			"guard-policy":     "exec-reaper-record-guard",
+			"v":                "0",
 		}
 		if a := args(t, c); !reflect.DeepEqual(a, want) {
 			t.Errorf("deleter args:\n got %v\nwant %v", a, want)
@@ -594,11 +598,30 @@ func rule(group, resource string, names []string, verbs ...string) rbacv1.Policy
 	return rbacv1.PolicyRule{APIGroups: []string{group}, Resources: []string{resource}, ResourceNames: names, Verbs: verbs}
 }
 
+// deleterMode is what the deleter is configured to do, as RBAC sees it.
+type deleterMode struct {
+	// dryRun takes nothing down; quarantine relabels, isolates and deletes;
+	// escalate deletes pods whose eviction stays refused; noPacing reads no
+	// owners.
+	dryRun, quarantine, escalate, noPacing bool
+}
+
 // expectedRBAC is exactly what each binary calls, for an install in ns.
-func expectedRBAC(ns string, dryRun, leaderElection bool) rbac {
-	deleter := []rbacv1.PolicyRule{rule("", "pods", nil, "list", "watch")}
-	if !dryRun {
+func expectedRBAC(ns string, mode deleterMode, leaderElection bool) rbac {
+	deleter := []rbacv1.PolicyRule{rule("", "pods", nil, "get", "list", "watch")}
+	if !mode.dryRun {
 		deleter = append(deleter, rule("", "pods/eviction", nil, "create"))
+		if !mode.noPacing {
+			deleter = append(deleter,
+				rbacv1.PolicyRule{APIGroups: []string{"apps"}, Resources: []string{"replicasets", "statefulsets", "daemonsets"}, Verbs: []string{"get"}},
+				rule("", "replicationcontrollers", nil, "get"))
+		}
+		if mode.quarantine || mode.escalate {
+			deleter = append(deleter, rule("", "pods", nil, "delete"))
+		}
+		if mode.quarantine {
+			deleter = append(deleter, rule("", "pods", nil, "patch"), rule("networking.k8s.io", "networkpolicies", nil, "create"))
+		}
 	}
 	deleter = append(deleter, rule("events.k8s.io", "events", nil, "create", "patch"),
 		rbacv1.PolicyRule{APIGroups: []string{"admissionregistration.k8s.io"},
@@ -700,19 +723,23 @@ func formatRBAC(r rbac) string {
 
 func TestRBAC(t *testing.T) {
 	for _, tc := range []struct {
-		name           string
-		ns             string
-		args           []string
-		dryRun, leader bool
+		name   string
+		ns     string
+		args   []string
+		mode   deleterMode
+		leader bool
 	}{
 		{name: "gatekeeper namespace", ns: gkNS, leader: true},
 		{name: "other namespace", ns: "exec-reaper", leader: true},
-		{name: "dry run: no eviction", ns: gkNS, args: []string{"--set", "deleter.dryRun=true"}, dryRun: true, leader: true},
+		{name: "dry run: no eviction", ns: gkNS, args: []string{"--set", "deleter.dryRun=true"}, mode: deleterMode{dryRun: true}, leader: true},
+		{name: "quarantine: patch, delete, NetworkPolicy", ns: gkNS, args: []string{"--set", "deleter.action=quarantine"}, mode: deleterMode{quarantine: true}, leader: true},
+		{name: "escalation: delete", ns: gkNS, args: []string{"--set", "deleter.escalateAfter=1h"}, mode: deleterMode{escalate: true}, leader: true},
+		{name: "no pacing: no owner reads", ns: gkNS, args: []string{"--set", "deleter.pacing.budget=-1"}, mode: deleterMode{noPacing: true}, leader: true},
 		{name: "no leader election: no Lease", ns: gkNS, args: []string{"--set", "deleter.replicas=1", "--set", "deleter.leaderElection.enabled=false"}},
 		{name: "with policies", ns: gkNS, args: []string{"--set", "policies.install=true"}, leader: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkRBAC(t, render(t, tc.ns, tc.args...), tc.ns, expectedRBAC(tc.ns, tc.dryRun, tc.leader))
+			checkRBAC(t, render(t, tc.ns, tc.args...), tc.ns, expectedRBAC(tc.ns, tc.mode, tc.leader))
 		})
 	}
 }

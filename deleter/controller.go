@@ -11,10 +11,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
-	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -73,6 +74,23 @@ type Options struct {
 	// MaxRetries bounds retries of evictions that failed for reasons other than
 	// a PodDisruptionBudget; the informer's resync brings the pod back later.
 	MaxRetries int
+	// Action is what is done with a due pod: ActionEvict (the default) or
+	// ActionQuarantine. DryRun overrides it.
+	Action string
+	// QuarantineRetention is how long a quarantined pod is kept before it is
+	// deleted (default 24h).
+	QuarantineRetention time.Duration
+	// PacingBudget is how many pods of one owner may be going at once
+	// (default 1); the next goes only once the owner has a Ready replacement.
+	// Negative turns pacing off.
+	PacingBudget int
+	// MaxPacingDelay bounds how long past its deadline a pod waits for its
+	// owner before it goes anyway (default 5m).
+	MaxPacingDelay time.Duration
+	// EscalateAfter, when positive, deletes a pod (bound to its UID,
+	// bypassing PodDisruptionBudgets) whose eviction is still refused this
+	// long past its deadline. Zero, the default, never does.
+	EscalateAfter time.Duration
 	// GuardPolicy names the record guard: the ValidatingAdmissionPolicy (and
 	// its binding of the same name) that lets no one but the provider write a
 	// record. While it is not in force the deleter evicts nothing, since a
@@ -94,6 +112,35 @@ func (o *Options) Default() {
 	if o.MaxRetries == 0 {
 		o.MaxRetries = 15
 	}
+	if o.Action == "" {
+		o.Action = ActionEvict
+	}
+	if o.QuarantineRetention == 0 {
+		o.QuarantineRetention = 24 * time.Hour
+	}
+	if o.PacingBudget == 0 {
+		o.PacingBudget = 1
+	}
+	if o.MaxPacingDelay == 0 {
+		o.MaxPacingDelay = 5 * time.Minute
+	}
+}
+
+// The actions Options.Action names.
+const (
+	ActionEvict      = "evict"
+	ActionQuarantine = "quarantine"
+)
+
+// Validate says what is wrong with options filled by Default.
+func (o *Options) Validate() error {
+	if o.Action != ActionEvict && o.Action != ActionQuarantine {
+		return fmt.Errorf("configuration error: action %q is neither %q nor %q", o.Action, ActionEvict, ActionQuarantine)
+	}
+	if o.QuarantineRetention < 0 || o.MaxPacingDelay < 0 || o.EscalateAfter < 0 {
+		return errors.New("configuration error: quarantine retention, max pacing delay and escalate-after must not be negative")
+	}
+	return nil
 }
 
 // Controller evicts recorded pods at their deadlines.
@@ -110,19 +157,26 @@ type Controller struct {
 	recorder events.EventRecorder
 	opts     Options
 
-	// announced remembers pods already reported in dry-run mode, so a resync
-	// does not report them again.
-	announced sync.Map // types.UID → struct{}
+	// action is what is done with a due pod.
+	action Action
+	// pacer holds back pods of an owner that cannot spare them yet; nil in
+	// dry-run mode, which takes nothing down.
+	pacer *pacer
+	// told remembers, per kind of once-only Event, the pods already told
+	// (mirror pod skipped, paced, eviction impossible), so a resync or a
+	// retry does not repeat it.
+	told map[string]*sync.Map // reason → types.UID → struct{}
 	// held remembers pods already told that the guard is missing.
 	held  sync.Map // types.UID → struct{}
 	guard *guard
-	// evicted remembers pods evicted successfully until they are deleted.
+	// evicted remembers pods taken successfully until they are deleted, with
+	// when to act on them again (zero: never; a quarantine's end).
 	// A pod stops gracefully for up to its grace period, and updates queued
 	// meanwhile (the kubelet's status, readiness) can reach sync before the
 	// informer shows the deletionTimestamp; the Eviction API answers success
 	// for a pod already terminating, so without this the pod would be
 	// evicted, and reported, twice.
-	evicted sync.Map // types.UID → struct{}
+	evicted sync.Map // types.UID → time.Time
 }
 
 // NewController returns a controller fed by informer, a metadata informer
@@ -130,6 +184,9 @@ type Controller struct {
 func NewController(client kubernetes.Interface, informer cache.SharedIndexInformer, clk clock.WithTicker,
 	recorder events.EventRecorder, opts Options) (*Controller, error) {
 	opts.Default()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	c := &Controller{
 		client: client,
 		pods:   metadatalister.New(informer.GetIndexer(), PodsResource),
@@ -143,6 +200,19 @@ func NewController(client kubernetes.Interface, informer cache.SharedIndexInform
 		recorder: recorder,
 		opts:     opts,
 		guard:    &guard{client: client, name: opts.GuardPolicy, clock: clk},
+		told:     map[string]*sync.Map{ReasonMirrorPod: {}, ReasonPaced: {}, ReasonEvictionImpossible: {}},
+	}
+	switch {
+	case opts.DryRun:
+		c.action = &DryRun{Recorder: recorder}
+	case opts.Action == ActionQuarantine:
+		c.action = &Quarantiner{Client: client, Recorder: recorder, Clock: clk, Retention: opts.QuarantineRetention}
+	default:
+		c.action = &Evict{Client: client, Recorder: recorder}
+	}
+	if !opts.DryRun {
+		c.pacer = newPacer(opts.PacingBudget, opts.MaxPacingDelay, c.cachedPods,
+			func(uid types.UID) bool { _, ok := c.evicted.Load(uid); return ok }, readOwner(client))
 	}
 	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    c.enqueue,
@@ -154,9 +224,7 @@ func NewController(client kubernetes.Interface, informer cache.SharedIndexInform
 				obj = tomb.Obj
 			}
 			if pod, ok := obj.(*metav1.PartialObjectMetadata); ok {
-				c.announced.Delete(pod.UID)
-				c.held.Delete(pod.UID)
-				c.evicted.Delete(pod.UID)
+				c.forget(pod.UID)
 			}
 		},
 	})
@@ -164,6 +232,38 @@ func NewController(client kubernetes.Interface, informer cache.SharedIndexInform
 		return nil, err
 	}
 	return c, nil
+}
+
+// forget drops what the controller remembers about a deleted pod.
+func (c *Controller) forget(uid types.UID) {
+	c.held.Delete(uid)
+	c.evicted.Delete(uid)
+	for _, m := range c.told {
+		m.Delete(uid)
+	}
+	c.pacer.forget(uid)
+	if f, ok := c.action.(interface{ Forget(types.UID) }); ok {
+		f.Forget(uid)
+	}
+}
+
+// cachedPods lists the cached recorded pods of a namespace.
+func (c *Controller) cachedPods(namespace string) ([]metav1.Object, error) {
+	list, err := c.pods.Namespace(namespace).List(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]metav1.Object, 0, len(list))
+	for _, p := range list {
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// once reports whether uid has not been told reason yet, and remembers it.
+func (c *Controller) once(reason string, uid types.UID) bool {
+	_, seen := c.told[reason].LoadOrStore(uid, struct{}{})
+	return !seen
 }
 
 func (c *Controller) enqueue(obj any) {
@@ -211,7 +311,7 @@ func (c *Controller) next(ctx context.Context) bool {
 	defer c.queue.Done(key)
 	log := klog.FromContext(ctx).WithValues("pod", key.String())
 	wait, err := c.sync(klog.NewContext(ctx, log), key)
-	if !errors.Is(err, errRefused) {
+	if !errors.Is(err, errRefused) && !errors.Is(err, errImpossible) {
 		c.refusals.Forget(key)
 	}
 	switch {
@@ -220,8 +320,9 @@ func (c *Controller) next(ctx context.Context) bool {
 		if wait > 0 {
 			c.queue.AddAfter(key, wait)
 		}
-	case errors.Is(err, errRefused):
-		// A PodDisruptionBudget holds the pod: retry for as long as it does.
+	case errors.Is(err, errRefused), errors.Is(err, errImpossible):
+		// A PodDisruptionBudget holds the pod, or two do: retry for as long
+		// as they do (someone may remove one).
 		log.V(1).Info("Eviction refused; will retry", "err", err)
 		c.queue.AddAfter(key, c.refusals.When(key))
 	case c.queue.NumRequeues(key) < c.opts.MaxRetries:
@@ -230,6 +331,12 @@ func (c *Controller) next(ctx context.Context) bool {
 	default:
 		log.Error(err, "Evicting; giving up until the next resync", "retries", c.opts.MaxRetries)
 		dropsTotal.Inc()
+		gaveUpTotal.WithLabelValues("retries").Inc()
+		if pod, gerr := c.pods.Namespace(key.Namespace).Get(key.Name); gerr == nil {
+			c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonGaveUp, "Evict",
+				"exec-reaper gave up removing this pod for now after %d failed attempts (last: %v); it tries again when it next looks at every recorded pod (resync)",
+				c.opts.MaxRetries, err)
+		}
 		c.queue.Forget(key)
 	}
 	return true
@@ -266,8 +373,14 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (time.Durat
 		evictionsTotal.WithLabelValues("other_pod").Inc()
 		return 0, nil
 	}
-	if _, done := c.evicted.Load(uid); done {
-		return 0, nil // evicted; the informer has not seen it terminate yet
+	if v, done := c.evicted.Load(uid); done {
+		again, _ := v.(time.Time)
+		if again.IsZero() {
+			return 0, nil // taken; the informer has not seen it terminate yet
+		}
+		if left := again.Sub(c.clock.Now()); left > 0 {
+			return left, nil
+		}
 	}
 	if left := deadline.Sub(c.clock.Now()); left > 0 {
 		log.V(2).Info("Waiting for deadline", "deadline", deadline, "in", left)
@@ -283,55 +396,116 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (time.Durat
 		return GuardRecheck, nil
 	}
 	c.held.Delete(uid)
-	return 0, c.evict(ctx, pod, uid, deadline)
+	return c.act(ctx, pod, Target{Object: pod, Namespace: pod.Namespace, Name: pod.Name, UID: uid, Deadline: deadline, Kind: Classify(pod)})
 }
 
-// evict evicts pod, bound to uid. Refusals by a PodDisruptionBudget return
-// errRefused; a pod that is gone or was replaced is done.
-func (c *Controller) evict(ctx context.Context, pod *metav1.PartialObjectMetadata, uid types.UID, deadline time.Time) error {
+// act removes a due pod the way its kind and its owner allow: mirror pods
+// are skipped, others paced per owner, then handed to the action, with
+// escalation for a pod whose eviction stays refused.
+func (c *Controller) act(ctx context.Context, pod *metav1.PartialObjectMetadata, t Target) (time.Duration, error) {
 	log := klog.FromContext(ctx)
-	if c.opts.DryRun {
-		if _, seen := c.announced.LoadOrStore(uid, struct{}{}); !seen {
-			evictionsTotal.WithLabelValues("dry_run").Inc()
-			c.recorder.Eventf(pod, nil, corev1.EventTypeNormal, ReasonWouldEvict, "Evict",
-				"exec-reaper would evict this pod now (deadline %s); dry-run mode is on", deadline.UTC().Format(time.RFC3339))
-			log.Info("Would evict (dry run)", "deadline", deadline)
+	if t.Kind == KindMirror {
+		if c.once(ReasonMirrorPod, t.UID) {
+			gaveUpTotal.WithLabelValues("mirror").Inc()
+			log.Info("Not acting on a mirror pod", "deadline", t.Deadline)
+			c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonMirrorPod, "Evict",
+				"exec-reaper does not act on this static pod although %s: evicting or deleting its mirror would remove only the API object, while the kubelet keeps the containers running and recreates it. Remove its manifest from the node's static pod directory",
+				recordReason(t.Deadline))
 		}
-		return nil
+		return 0, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, evictTimeout)
-	defer cancel()
-	err := c.client.PolicyV1().Evictions(pod.Namespace).Evict(ctx, &policyv1.Eviction{
-		ObjectMeta:    metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace},
-		DeleteOptions: &metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}},
-	})
-	switch {
-	case err == nil:
-		c.evicted.Store(uid, struct{}{})
-		lag := c.clock.Since(deadline)
-		evictionsTotal.WithLabelValues("evicted").Inc()
+	overdue := c.clock.Since(t.Deadline)
+	v, err := c.pacer.admit(ctx, pod, overdue)
+	if err != nil {
+		return 0, err
+	}
+	if !v.Go {
+		latest := t.Deadline.Add(c.opts.MaxPacingDelay)
+		log.V(1).Info("Paced: waiting for the owner", "why", v.Wait, "latest", latest)
+		if c.once(ReasonPaced, t.UID) {
+			c.recorder.Eventf(pod, nil, corev1.EventTypeNormal, ReasonPaced, "Evict",
+				"exec-reaper holds this pod's removal (deadline %s) so its owner keeps its Ready pods: %s. It goes when the owner can spare it, at the latest at %s",
+				t.Deadline.UTC().Format(time.RFC3339), v.Wait, latest.UTC().Format(time.RFC3339))
+		}
+		return min(pacingRecheck, max(latest.Sub(c.clock.Now()), time.Millisecond)), nil
+	}
+	t.Forced = v.Forced
+	res, err := c.action.Act(ctx, t)
+	if res.Taken {
+		var again time.Time
+		if res.After > 0 {
+			again = c.clock.Now().Add(res.After)
+		}
+		c.evicted.Store(t.UID, again)
+		lag := c.clock.Since(t.Deadline)
 		evictionLag.Observe(lag.Seconds())
-		c.recorder.Eventf(pod, nil, corev1.EventTypeNormal, ReasonEvicted, "Evict",
-			"exec-reaper evicted this pod: someone entered it and its deadline %s passed", deadline.UTC().Format(time.RFC3339))
-		log.Info("Evicted", "deadline", deadline, "lag", lag)
-		return nil
-	case apierrors.IsNotFound(err):
-		evictionsTotal.WithLabelValues("gone").Inc()
-		return nil
-	case apierrors.IsConflict(err):
-		// The UID precondition failed: the pod was replaced by another of the
-		// same name, which no one entered.
-		evictionsTotal.WithLabelValues("other_pod").Inc()
-		return nil
-	case apierrors.IsTooManyRequests(err):
-		evictionsTotal.WithLabelValues("refused").Inc()
-		why := refusal(err)
-		c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonEvictionRefused, "Evict",
-			"exec-reaper's eviction was refused and will be retried: %s", why)
-		return fmt.Errorf("%w: %s", errRefused, why)
+		log.V(1).Info("Taken", "action", c.action.Name(), "lag", lag)
 	}
-	evictionsTotal.WithLabelValues("error").Inc()
-	return fmt.Errorf("evicting %s/%s: %w", pod.Namespace, pod.Name, err)
+	if errors.Is(err, errImpossible) && c.once(ReasonEvictionImpossible, t.UID) {
+		gaveUpTotal.WithLabelValues("multiple_budgets").Inc()
+		c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonEvictionImpossible, "Evict",
+			"exec-reaper cannot evict this pod: %v. The Eviction API refuses a pod covered by more than one PodDisruptionBudget until one is removed; exec-reaper keeps retrying%s",
+			err, c.escalation())
+	}
+	if (errors.Is(err, errRefused) || errors.Is(err, errImpossible)) && c.opts.EscalateAfter > 0 && overdue >= c.opts.EscalateAfter {
+		if derr := deletePod(ctx, c.client, c.recorder, t, err, overdue); derr != nil {
+			c.pacer.release(t.UID, false)
+			return 0, derr
+		}
+		c.evicted.Store(t.UID, time.Time{})
+		res, err = Result{Taken: true}, nil
+	}
+	c.pacer.release(t.UID, res.Taken)
+	return res.After, err
+}
+
+// escalation says, for an Event, whether refused pods are deleted in the end.
+func (c *Controller) escalation() string {
+	if c.opts.EscalateAfter <= 0 {
+		return " (escalation to deletion is off)"
+	}
+	return fmt.Sprintf(" and deletes it %s after its deadline (escalation)", c.opts.EscalateAfter)
+}
+
+// overdue counts the recorded pods past their deadline that still exist, are
+// not terminating, and were not taken (evicted, not yet seen terminating; or
+// quarantined on purpose): what an alert watches.
+func (c *Controller) overdue() float64 {
+	list, _ := c.pods.List(labels.Everything()) // a cache read; never fails.
+	now := c.clock.Now()
+	n := 0
+	for _, pod := range list {
+		if pod.DeletionTimestamp != nil {
+			continue
+		}
+		if _, taken := c.evicted.Load(pod.UID); taken {
+			continue // going, or quarantined on purpose
+		}
+		if _, quarantined := ReadQuarantine(pod.Annotations); quarantined {
+			continue
+		}
+		deadline, uid, err := record.Binding(pod.Labels, pod.Annotations)
+		if err == nil && uid == pod.UID && now.After(deadline) {
+			n++
+		}
+	}
+	return float64(n)
+}
+
+// RegisterMetrics adds the controller's removal metrics to reg: the gauges of
+// overdue and paced pods, and the counters of give-ups and forced pacing.
+func (c *Controller) RegisterMetrics(reg prometheus.Registerer) {
+	reg.MustRegister(removalCollectors()...)
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "exec_reaper_deleter_overdue_pods",
+			Help: "Recorded pods past their deadline that still exist and are not terminating (held by a budget, pacing, a missing guard, a mirror pod, or errors).",
+		}, c.overdue),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "exec_reaper_deleter_paced_pods",
+			Help: "Due pods waiting for their owner to spare them (pacing).",
+		}, func() float64 { return float64(c.pacer.heldCount()) }),
+	)
 }
 
 // refusal says why an eviction was refused, with the PodDisruptionBudget's

@@ -249,6 +249,7 @@ func newHarness(t *testing.T, opts deleter.Options, pods ...*corev1.Pod) *harnes
 	h.ctrl = ctrl
 	h.idle = h.clock.Waiters()
 	deleter.Register(h.reg, h.lister())
+	h.ctrl.RegisterMetrics(h.reg)
 	return h
 }
 
@@ -514,14 +515,18 @@ func TestIgnoresRecordOfAnotherPod(t *testing.T) {
 func TestFinalEvictionAnswers(t *testing.T) {
 	pods := corev1.Resource("pods")
 	for _, tc := range []struct {
-		name   string
-		err    error
-		result string
+		name string
+		err  error
+		// replacedBy, if set, is the UID of the pod a GET now finds under
+		// the name.
+		replacedBy types.UID
+		result     string
 	}{
 		{
-			name:   "409 UID precondition failed",
-			err:    apierrors.NewConflict(pods, "web", errors.New("Precondition failed: UID in precondition: uid-web, UID in object meta: uid-other")),
-			result: "other_pod",
+			name:       "409 UID precondition failed",
+			err:        apierrors.NewConflict(pods, "web", errors.New("Precondition failed: UID in precondition: uid-web, UID in object meta: uid-other")),
+			replacedBy: "uid-other",
+			result:     "other_pod",
 		},
 		{
 			name:   "404 pod gone",
@@ -533,6 +538,11 @@ func TestFinalEvictionAnswers(t *testing.T) {
 			h := newHarness(t, deleter.Options{RetryBaseDelay: time.Second}, recordedPod("web", "uid-web", epoch.Add(-time.Second)))
 			// Every attempt would fail the same way; there must be only one.
 			h.failEvictions("web", tc.err, tc.err, tc.err, tc.err)
+			if tc.replacedBy != "" {
+				h.client.PrependReactor("get", "pods", func(clienttesting.Action) (bool, runtime.Object, error) {
+					return true, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: namespace, UID: tc.replacedBy}}, nil
+				})
+			}
 			before := h.counter(evictionsMetric, "result", tc.result)
 			h.start()
 
@@ -551,6 +561,24 @@ func TestFinalEvictionAnswers(t *testing.T) {
 				t.Errorf("evictions_total{result=%s} grew by %v, want 1", tc.result, got)
 			}
 		})
+	}
+}
+
+func TestConflictOnTheSamePodIsRetried(t *testing.T) {
+	// The eviction's update of the budget's status conflicted: the pod is
+	// still the one entered, and must not be taken for replaced.
+	conflict := apierrors.NewConflict(corev1.Resource("poddisruptionbudgets"), "web-pdb", errors.New("the object has been modified"))
+	h := newHarness(t, deleter.Options{RetryBaseDelay: time.Second}, recordedPod("web", "uid-web", epoch.Add(-time.Second)))
+	h.failEvictions("web", conflict)
+	before := h.counter(evictionsMetric, "result", "conflict")
+	h.start()
+
+	eventually(t, "the conflicting attempt", func() bool { return len(h.evictions("web")) == 1 })
+	h.waitDelayed()
+	h.clock.Step(time.Second)
+	eventually(t, "the retry", func() bool { return len(h.events.about("web", deleter.ReasonEvicted)) == 1 })
+	if got := h.counter(evictionsMetric, "result", "conflict") - before; got != 1 {
+		t.Errorf("evictions_total{result=conflict} grew by %v, want 1", got)
 	}
 }
 

@@ -53,7 +53,8 @@ func ListOptions(o *metav1.ListOptions) { o.LabelSelector = record.Selector }
 // on: name, namespace, UID, resourceVersion and deletionTimestamp; the
 // record's binding (its labels, and the pod-UID annotation only for a record
 // from before the UID was a label: see record.Binding); the controller's
-// ownerReference; and the mirror-pod annotation. Everything else (the
+// ownerReference; the mirror-pod annotation; and the quarantine record
+// (QuarantineAnnotation), which says when a quarantined pod is deleted. Everything else (the
 // entries' JSON, managedFields, other labels and annotations) is dropped, so
 // a cached pod costs a few hundred bytes. Keys are the package constants and
 // the owner's kind and API version are interned, so the copies share their
@@ -81,7 +82,7 @@ func StripPod(obj any) (any, error) {
 	case uid == string(pod.UID):
 		out.Labels[record.PodUIDLabel] = string(out.UID) // one copy of the UID, not two
 	}
-	out.Annotations = keep(pod.Annotations, out.Annotations, MirrorAnnotation)
+	out.Annotations = keep(pod.Annotations, out.Annotations, MirrorAnnotation, QuarantineAnnotation)
 	if owner := metav1.GetControllerOfNoCopy(pod); owner != nil {
 		out.OwnerReferences = []metav1.OwnerReference{{
 			APIVersion: unique.Make(owner.APIVersion).Value(),

@@ -196,6 +196,7 @@ func Run(ctx context.Context, cfg Config, clients Clients, clk clock.WithTicker,
 		return err
 	}
 	Register(reg, metadatalister.New(podInformer.GetIndexer(), PodsResource))
+	ctrl.RegisterMetrics(reg)
 
 	var elector *leaderelection.LeaderElector
 	// OnStartedLeading only hands over the leader's context; the controller

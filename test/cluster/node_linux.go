@@ -394,6 +394,11 @@ func (c *Cluster) importImages(ctx context.Context) error {
 	return nil
 }
 
+// StaticPodDir is the node's static pod directory (the kubelet's
+// staticPodPath): a pod manifest written there runs as a static pod, with a
+// mirror pod in the API. Whoever writes one removes it.
+func (c *Cluster) StaticPodDir() string { return c.nodeDir("kubelet", "manifests") }
+
 func (c *Cluster) startKubelet(ctx context.Context) error {
 	n := c.node
 	kubeconfig, err := c.Kubeconfig("kubelet", "system:node:"+NodeName, "system:nodes")
@@ -435,6 +440,12 @@ func (c *Cluster) startKubelet(ctx context.Context) error {
 		// Faster status for tests: the default 10s heartbeat is fine, but
 		// the first status after registration should not wait long.
 		"nodeStatusUpdateFrequency": "5s",
+		// Static pods: a test writes a manifest here to get a mirror pod.
+		"staticPodPath":      c.StaticPodDir(),
+		"fileCheckFrequency": "2s",
+	}
+	if err := os.MkdirAll(c.StaticPodDir(), 0o755); err != nil {
+		return err
 	}
 	b, err := json.MarshalIndent(config, "", "  ")
 	if err != nil {

@@ -20,5 +20,8 @@ func (c *Cluster) startNodePrep(context.Context) error { return errNodeLinux }
 func (c *Cluster) startNode(context.Context) error     { return errNodeLinux }
 func (c *Cluster) stopNode(func(*Process)) []error     { return nil }
 func CleanupStaleNode(io.Writer) error                 { return nil }
-func CleanupNode(io.Writer) error                      { return nil }
-func NodeLeftovers() []string                          { return nil }
+
+// StaticPodDir is empty without a node.
+func (c *Cluster) StaticPodDir() string { return "" }
+func CleanupNode(io.Writer) error       { return nil }
+func NodeLeftovers() []string           { return nil }

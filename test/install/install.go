@@ -358,6 +358,12 @@ func (i *Install) startDeleters(ctx context.Context) error {
 // an error (a leader that lost its Lease exits so as to start afresh as a
 // standby); one stopped by StopDeleter, or killed by a signal, stays down.
 func (i *Install) StartDeleter(ctx context.Context, n int) error {
+	return i.StartDeleterWith(ctx, n, nil)
+}
+
+// StartDeleterWith (re)starts deleter replica n with extra flags (name →
+// value, overriding the chart's) and waits until it is ready.
+func (i *Install) StartDeleterWith(ctx context.Context, n int, extra map[string]string) error {
 	if i.DeleterProbes[n] == "" {
 		port, err := cluster.FreePort()
 		if err != nil {
@@ -366,11 +372,15 @@ func (i *Install) StartDeleter(ctx context.Context, n int) error {
 		i.DeleterProbes[n] = "127.0.0.1:" + strconv.Itoa(port)
 	}
 	name := fmt.Sprintf("exec-reaper-deleter-%d", n)
-	args := override(i.deleterArgs, map[string]string{
+	flags := map[string]string{
 		"kubeconfig": i.deleterKubeconfig,
 		"probe-addr": i.DeleterProbes[n],
 		"v":          "1",
-	})
+	}
+	for k, v := range extra {
+		flags[k] = v
+	}
+	args := override(i.deleterArgs, flags)
 	env := []string{"POD_NAMESPACE=" + Namespace, "POD_NAME=" + name}
 	p, err := i.c.StartProcess(ctx, name, append([]string{filepath.Join(i.binDir, "exec-reaper-deleter")}, args...), env)
 	if err != nil {

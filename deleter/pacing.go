@@ -1,0 +1,270 @@
+package deleter
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+)
+
+// pacingRecheck is how often a pod held by pacing looks at its owner again.
+// Owners are read with a GET, not watched: held pods are few and short-lived,
+// and a watch of every ReplicaSet in the cluster would cache far more.
+const pacingRecheck = 2 * time.Second
+
+// ownerState is an owner's readiness, as its status reports it.
+type ownerState struct {
+	// Ready is how many of its pods are Ready; Want how many it wants.
+	Ready, Want int
+	// Summary describes the owner for Events ("ReplicaSet web-6f9: 2 of 3 ready").
+	Summary string
+}
+
+// ownerReader reads an owner's state. A nil state with a nil error means the
+// owner is gone or its kind has no readiness to read: only the deleter's own
+// pods in flight count then.
+type ownerReader func(ctx context.Context, namespace string, owner metav1.OwnerReference) (*ownerState, error)
+
+// pacer holds back pods of one owner while another of its pods is going or
+// its replacement is not Ready yet. It never holds a pod longer than maxDelay
+// past its deadline.
+type pacer struct {
+	// budget is how many of one owner's pods may be down at once.
+	budget int
+	// maxDelay bounds how long past its deadline a pod waits for its owner.
+	maxDelay time.Duration
+	// pods lists the cached recorded pods of a namespace.
+	pods func(namespace string) ([]metav1.Object, error)
+	// taken says the deleter took a pod that the cache does not show
+	// terminating yet.
+	taken func(types.UID) bool
+	read  ownerReader
+
+	mu sync.Mutex
+	// reserved maps a pod being acted on to its owner, so two workers never
+	// both take the last slot of one owner.
+	reserved map[types.UID]reservation
+	// held is the pods waiting for their owner, for the gauge.
+	held map[types.UID]struct{}
+	// readyAtTake is, per owner, how many of its pods were Ready when the
+	// deleter last took one: the next goes only once as many are Ready
+	// again, that is once a replacement is Ready. In memory: after a leader
+	// change the first pod of each owner goes without this gate (pods still
+	// terminating count all the same).
+	readyAtTake map[types.UID]int
+}
+
+func newPacer(budget int, maxDelay time.Duration, pods func(string) ([]metav1.Object, error),
+	taken func(types.UID) bool, read ownerReader) *pacer {
+	return &pacer{budget: budget, maxDelay: maxDelay, pods: pods, taken: taken, read: read,
+		reserved: map[types.UID]reservation{}, held: map[types.UID]struct{}{}, readyAtTake: map[types.UID]int{}}
+}
+
+// reservation is a pod being acted on.
+type reservation struct {
+	owner types.UID
+	// state is the owner's state when the pod was admitted, if read.
+	state *ownerState
+}
+
+// verdict is pacing's answer for one due pod.
+type verdict struct {
+	// Go says the pod may be acted on now; release must follow the action.
+	Go bool
+	// Wait, when Go is false, says why the pod waits.
+	Wait string
+	// Forced, when Go is true, says why the pod goes although its owner is not
+	// ready for it (maxDelay passed).
+	Forced string
+}
+
+// admit decides whether pod, overdue by overdue, may be acted on now, and if
+// so reserves its owner's slot.
+func (p *pacer) admit(ctx context.Context, pod metav1.Object, overdue time.Duration) (verdict, error) {
+	owner := metav1.GetControllerOfNoCopy(pod)
+	if p == nil || p.budget < 0 || owner == nil {
+		return verdict{Go: true}, nil
+	}
+	wait, state, err := p.blocked(ctx, pod, *owner)
+	if err != nil {
+		wait = fmt.Sprintf("cannot read its owner %s %s (%v)", owner.Kind, owner.Name, err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if wait == "" {
+		// Count again under the lock, with the reservations of other workers.
+		if n := p.inFlight(pod, *owner); n >= p.budget {
+			wait = fmt.Sprintf("%d of its %s %s's pods are already going (budget %d)", n, owner.Kind, owner.Name, p.budget)
+		}
+	}
+	v := verdict{Go: true}
+	if wait != "" {
+		if overdue < p.maxDelay {
+			p.held[pod.GetUID()] = struct{}{}
+			return verdict{Wait: wait}, nil
+		}
+		pacingForcedTotal.Inc()
+		v.Forced = fmt.Sprintf("it waited the longest allowed (%s past its deadline) for its owner: %s", p.maxDelay, wait)
+	}
+	delete(p.held, pod.GetUID())
+	p.reserved[pod.GetUID()] = reservation{owner: owner.UID, state: state}
+	return v, nil
+}
+
+// blocked says why pod's owner cannot spare it now, or "" if it can, with
+// the owner's state when it has one.
+func (p *pacer) blocked(ctx context.Context, pod metav1.Object, owner metav1.OwnerReference) (string, *ownerState, error) {
+	p.mu.Lock()
+	n := p.inFlight(pod, owner)
+	before, took := p.readyAtTake[owner.UID]
+	p.mu.Unlock()
+	if n >= p.budget {
+		return fmt.Sprintf("%d of its %s %s's pods are already going (budget %d)", n, owner.Kind, owner.Name, p.budget), nil, nil
+	}
+	state, err := p.read(ctx, pod.GetNamespace(), owner)
+	if err != nil || state == nil {
+		return "", nil, err
+	}
+	// Pods the deleter took that are not replaced by a Ready pod yet. An
+	// owner scaled down since wants fewer back.
+	missing := 0
+	if took {
+		missing = min(before, state.Want) - state.Ready
+	}
+	if down := max(missing, n); down >= p.budget {
+		return fmt.Sprintf("its owner has no Ready replacement yet (%s, %d when exec-reaper last took one; budget %d)",
+			state.Summary, before, p.budget), state, nil
+	}
+	return "", state, nil
+}
+
+// inFlight counts owner's recorded pods, other than pod, that are going:
+// terminating, taken but not yet seen terminating, or being acted on. The
+// cache, not memory, is the source, so a new leader sees what its
+// predecessor started. Callers hold p.mu.
+func (p *pacer) inFlight(pod metav1.Object, owner metav1.OwnerReference) int {
+	n := 0
+	for uid, r := range p.reserved {
+		if r.owner == owner.UID && uid != pod.GetUID() {
+			n++
+		}
+	}
+	pods, err := p.pods(pod.GetNamespace())
+	if err != nil {
+		return n
+	}
+	for _, other := range pods {
+		uid := other.GetUID()
+		if uid == pod.GetUID() {
+			continue
+		}
+		if _, counted := p.reserved[uid]; counted {
+			continue
+		}
+		ref := metav1.GetControllerOfNoCopy(other)
+		if ref == nil || ref.UID != owner.UID {
+			continue
+		}
+		if other.GetDeletionTimestamp() != nil || p.taken(uid) {
+			n++
+		}
+	}
+	return n
+}
+
+// release ends pod's reservation, once its action returned; taken says the
+// action took the pod down, so its owner must be back to the Ready pods it
+// had before the next of its pods goes.
+func (p *pacer) release(pod types.UID, taken bool) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if r, ok := p.reserved[pod]; ok && taken && r.state != nil {
+		p.readyAtTake[r.owner] = r.state.Ready
+	}
+	delete(p.reserved, pod)
+}
+
+// forget drops a deleted pod.
+func (p *pacer) forget(pod types.UID) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.reserved, pod)
+	delete(p.held, pod)
+}
+
+// heldCount is the number of due pods waiting for their owners.
+func (p *pacer) heldCount() int {
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.held)
+}
+
+// readOwner reads the readiness of the owners whose status says it: a
+// ReplicaSet, StatefulSet or ReplicationController (Ready of spec.replicas)
+// and a DaemonSet (Ready of the pods it wants scheduled). Jobs and other
+// controllers have no such status: only pods in flight count for them.
+func readOwner(client kubernetes.Interface) ownerReader {
+	return func(ctx context.Context, namespace string, owner metav1.OwnerReference) (*ownerState, error) {
+		ctx, cancel := context.WithTimeout(ctx, evictTimeout)
+		defer cancel()
+		get := metav1.GetOptions{}
+		var want, ready int32
+		var err error
+		switch groupKind(owner) {
+		case "apps/ReplicaSet":
+			rs, e := client.AppsV1().ReplicaSets(namespace).Get(ctx, owner.Name, get)
+			if err = e; e == nil {
+				want, ready = replicas(rs.Spec.Replicas), rs.Status.ReadyReplicas
+			}
+		case "apps/StatefulSet":
+			ss, e := client.AppsV1().StatefulSets(namespace).Get(ctx, owner.Name, get)
+			if err = e; e == nil {
+				want, ready = replicas(ss.Spec.Replicas), ss.Status.ReadyReplicas
+			}
+		case "apps/DaemonSet":
+			ds, e := client.AppsV1().DaemonSets(namespace).Get(ctx, owner.Name, get)
+			if err = e; e == nil {
+				want, ready = ds.Status.DesiredNumberScheduled, ds.Status.NumberReady
+			}
+		case "/ReplicationController":
+			rc, e := client.CoreV1().ReplicationControllers(namespace).Get(ctx, owner.Name, get)
+			if err = e; e == nil {
+				want, ready = replicas(rc.Spec.Replicas), rc.Status.ReadyReplicas
+			}
+		default:
+			return nil, nil
+		}
+		switch {
+		case apierrors.IsNotFound(err):
+			return nil, nil // gone: nothing left to protect
+		case err != nil:
+			return nil, fmt.Errorf("reading %s %s/%s: %w", owner.Kind, namespace, owner.Name, err)
+		}
+		return &ownerState{
+			Ready: int(ready), Want: int(want),
+			Summary: fmt.Sprintf("%s %s: %d of %d ready", owner.Kind, owner.Name, ready, want),
+		}, nil
+	}
+}
+
+// replicas reads spec.replicas, which defaults to 1.
+func replicas(n *int32) int32 {
+	if n == nil {
+		return 1
+	}
+	return *n
+}

@@ -1,0 +1,219 @@
+package deleter
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+// pacingWorld is a pacer's surroundings: the cached pods, the pods taken, and
+// the owner's state.
+type pacingWorld struct {
+	mu    sync.Mutex
+	pods  []metav1.Object
+	taken map[types.UID]bool
+	state *ownerState
+	err   error
+	reads int
+}
+
+func (w *pacingWorld) pacer(budget int) *pacer {
+	return newPacer(budget, time.Minute,
+		func(string) ([]metav1.Object, error) {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			return append([]metav1.Object(nil), w.pods...), nil
+		},
+		func(uid types.UID) bool { w.mu.Lock(); defer w.mu.Unlock(); return w.taken[uid] },
+		func(context.Context, string, metav1.OwnerReference) (*ownerState, error) {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			w.reads++
+			return w.state, w.err
+		})
+}
+
+// replica returns a pod of the ReplicaSet ownedBy makes.
+func replica(name string) *metav1.ObjectMeta {
+	m := ownedBy("apps/v1", "ReplicaSet")
+	m.Name, m.UID = name, types.UID("uid-"+name)
+	return m
+}
+
+func TestPacerOnePodOfAnOwnerAtATime(t *testing.T) {
+	a, b := replica("a"), replica("b")
+	w := &pacingWorld{pods: []metav1.Object{a, b}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 3, Want: 3, Summary: "3 of 3 ready"}}
+	p := w.pacer(1)
+	ctx := context.Background()
+
+	if v, err := p.admit(ctx, a, 0); err != nil || !v.Go || v.Forced != "" {
+		t.Fatalf("first pod: %+v, %v; want it to go", v, err)
+	}
+	// While a's action runs, its reservation holds b.
+	if v, _ := p.admit(ctx, b, 0); v.Go {
+		t.Fatalf("second pod during the first's action: %+v, want it held", v)
+	}
+	// a was evicted: taken, then terminating in the cache.
+	w.taken[a.UID] = true
+	p.release(a.UID, true)
+	if v, _ := p.admit(ctx, b, 0); v.Go || !strings.Contains(v.Wait, "already going") {
+		t.Fatalf("second pod while the first is going: %+v, want it held for the first", v)
+	}
+	if got := p.heldCount(); got != 1 {
+		t.Errorf("held pods = %d, want 1", got)
+	}
+	// a is gone; the replacement is not Ready yet.
+	w.pods = []metav1.Object{b}
+	w.state = &ownerState{Ready: 2, Want: 3, Summary: "ReplicaSet o: 2 of 3 ready"}
+	if v, _ := p.admit(ctx, b, 0); v.Go || !strings.Contains(v.Wait, "2 of 3 ready") {
+		t.Fatalf("second pod before the replacement is Ready: %+v, want it held for the owner", v)
+	}
+	w.state = &ownerState{Ready: 3, Want: 3, Summary: "3 of 3 ready"}
+	if v, _ := p.admit(ctx, b, 0); !v.Go || v.Forced != "" {
+		t.Fatalf("second pod once the replacement is Ready: %+v, want it to go", v)
+	}
+	if got := p.heldCount(); got != 0 {
+		t.Errorf("held pods after it went = %d, want 0", got)
+	}
+}
+
+func TestPacerTerminatingPodsCount(t *testing.T) {
+	// A new leader knows nothing of its predecessor's evictions: the cache's
+	// terminating pods hold the owner's budget.
+	a, b := replica("a"), replica("b")
+	now := metav1.Now()
+	a.DeletionTimestamp = &now
+	w := &pacingWorld{pods: []metav1.Object{a, b}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 1, Want: 2}}
+	if v, _ := w.pacer(1).admit(context.Background(), b, 0); v.Go {
+		t.Fatalf("pod while another of its owner terminates: %+v, want it held", v)
+	}
+	if v, _ := w.pacer(2).admit(context.Background(), b, 0); !v.Go {
+		t.Fatalf("pod with budget 2 while one other terminates: %+v, want it to go", v)
+	}
+}
+
+func TestPacerRefusedPodSetsNoGate(t *testing.T) {
+	// A pod whose eviction was refused was not taken: its own retry must not
+	// wait for a replacement of itself.
+	a := replica("a")
+	w := &pacingWorld{pods: []metav1.Object{a}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 1, Want: 1}}
+	p := w.pacer(1)
+	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
+		t.Fatalf("first attempt: %+v, want it to go", v)
+	}
+	p.release(a.UID, false)
+	w.state = &ownerState{Ready: 0, Want: 1}
+	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
+		t.Fatalf("retry after a refusal: %+v, want it to go", v)
+	}
+}
+
+func TestPacerOwnerNeverReady(t *testing.T) {
+	// Pods that were never Ready need no Ready replacement: taking one
+	// lowers no one's capacity. (A degraded owner is its
+	// PodDisruptionBudget's business.)
+	a, b := replica("a"), replica("b")
+	w := &pacingWorld{pods: []metav1.Object{a, b}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 0, Want: 2}}
+	p := w.pacer(1)
+	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
+		t.Fatalf("first pod: %+v, want it to go", v)
+	}
+	p.release(a.UID, true)
+	w.pods = []metav1.Object{b}
+	if v, _ := p.admit(context.Background(), b, 0); !v.Go {
+		t.Fatalf("second pod once the first is gone: %+v, want it to go", v)
+	}
+}
+
+func TestPacerOwnerScaledDown(t *testing.T) {
+	a, b := replica("a"), replica("b")
+	w := &pacingWorld{pods: []metav1.Object{a, b}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 3, Want: 3}}
+	p := w.pacer(1)
+	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
+		t.Fatalf("first pod: %+v, want it to go", v)
+	}
+	p.release(a.UID, true)
+	w.pods = []metav1.Object{b}
+	w.state = &ownerState{Ready: 2, Want: 2}
+	if v, _ := p.admit(context.Background(), b, 0); !v.Go {
+		t.Fatalf("second pod of an owner scaled down to its Ready pods: %+v, want it to go", v)
+	}
+}
+
+func TestPacerBoundedDelay(t *testing.T) {
+	a, b := replica("a"), replica("b")
+	w := &pacingWorld{pods: []metav1.Object{a, b}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 3, Want: 3}}
+	p := w.pacer(1)
+	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
+		t.Fatalf("first pod: %+v, want it to go", v)
+	}
+	p.release(a.UID, true)
+	w.pods = []metav1.Object{b}
+	w.state = &ownerState{Ready: 2, Want: 3, Summary: "2 of 3 ready"}
+	if v, _ := p.admit(context.Background(), b, time.Minute-time.Second); v.Go {
+		t.Fatalf("before maxDelay: %+v, want held", v)
+	}
+	v, _ := p.admit(context.Background(), b, time.Minute)
+	if !v.Go || !strings.Contains(v.Forced, "2 of 3 ready") || !strings.Contains(v.Forced, "1m0s past its deadline") {
+		t.Fatalf("at maxDelay: %+v, want it to go, saying why", v)
+	}
+}
+
+func TestPacerUnreadableOwnerWaitsBounded(t *testing.T) {
+	b := replica("b")
+	w := &pacingWorld{pods: []metav1.Object{b}, taken: map[types.UID]bool{}, err: errors.New("forbidden")}
+	v, _ := w.pacer(1).admit(context.Background(), b, 0)
+	if v.Go || !strings.Contains(v.Wait, "forbidden") {
+		t.Fatalf("owner unreadable: %+v, want held, saying why", v)
+	}
+}
+
+func TestPacerSkipsPodsWithoutOwnerAndWhenOff(t *testing.T) {
+	w := &pacingWorld{taken: map[types.UID]bool{}, state: &ownerState{Want: 5}}
+	bare := &metav1.ObjectMeta{Name: "bare", UID: "uid-bare"}
+	if v, _ := w.pacer(1).admit(context.Background(), bare, 0); !v.Go {
+		t.Errorf("bare pod: %+v, want it to go", v)
+	}
+	if v, _ := w.pacer(-1).admit(context.Background(), replica("b"), 0); !v.Go {
+		t.Errorf("pacing off: %+v, want it to go", v)
+	}
+	if w.reads != 0 {
+		t.Errorf("owner reads = %d, want none", w.reads)
+	}
+}
+
+func TestReadOwner(t *testing.T) {
+	three := int32(3)
+	client := fake.NewClientset(
+		&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "ns"},
+			Spec: appsv1.ReplicaSetSpec{Replicas: &three}, Status: appsv1.ReplicaSetStatus{ReadyReplicas: 2}},
+		&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "agent", Namespace: "ns"},
+			Status: appsv1.DaemonSetStatus{DesiredNumberScheduled: 1, NumberReady: 1}},
+	)
+	read := readOwner(client)
+	ctx := context.Background()
+	rs, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web"})
+	if err != nil || rs == nil || rs.Ready != 2 || rs.Want != 3 || rs.Summary != "ReplicaSet web: 2 of 3 ready" {
+		t.Errorf("ReplicaSet: %+v, %v; want 1 unavailable", rs, err)
+	}
+	ds, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "apps/v1", Kind: "DaemonSet", Name: "agent"})
+	if err != nil || ds == nil || ds.Ready != 1 || ds.Want != 1 {
+		t.Errorf("DaemonSet: %+v, %v; want 0 unavailable", ds, err)
+	}
+	gone, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "apps/v1", Kind: "StatefulSet", Name: "db"})
+	if err != nil || gone != nil {
+		t.Errorf("missing StatefulSet: %+v, %v; want nothing to protect", gone, err)
+	}
+	job, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "batch/v1", Kind: "Job", Name: "j"})
+	if err != nil || job != nil {
+		t.Errorf("Job: %+v, %v; want no state", job, err)
+	}
+}

@@ -1,0 +1,87 @@
+package deleter
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/exec-reaper/exec-reaper/record"
+)
+
+func TestQuarantine(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1_900_000_000, 0).UTC()
+	clk := clocktesting.NewFakeClock(now)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "ns", UID: "uid-web", ResourceVersion: "7",
+		Labels: map[string]string{"app": "web", "pod-template-hash": "6f9", record.DeadlineLabel: "1899999990", record.PodUIDLabel: "uid-web"}}}
+	client := fake.NewClientset(pod)
+	rec := &notes{}
+	a := &Quarantiner{Client: client, Recorder: rec, Clock: clk, Retention: time.Hour}
+	target := Target{Object: pod.DeepCopy(), Namespace: "ns", Name: "web-1", UID: "uid-web", Deadline: now.Add(-10 * time.Second), Kind: KindReplicated}
+
+	res, err := a.Act(ctx, target)
+	if err != nil || !res.Taken || res.After != time.Hour {
+		t.Fatalf("quarantine: %+v, %v; want taken, back in an hour", res, err)
+	}
+	got, err := client.CoreV1().Pods("ns").Get(ctx, "web-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLabels := map[string]string{QuarantineLabel: "uid-web", record.DeadlineLabel: "1899999990", record.PodUIDLabel: "uid-web"}
+	if len(got.Labels) != len(wantLabels) {
+		t.Errorf("labels = %v, want %v (the record kept, the pod's own labels gone)", got.Labels, wantLabels)
+	}
+	for k, v := range wantLabels {
+		if got.Labels[k] != v {
+			t.Errorf("label %s = %q, want %q", k, got.Labels[k], v)
+		}
+	}
+	q, ok := ReadQuarantine(got.Annotations)
+	if !ok || q.Labels["app"] != "web" || !q.Until.Equal(now.Add(time.Hour)) || !q.Deadline.Equal(target.Deadline) {
+		t.Errorf("quarantine annotation = %+v (ok %v), want the old labels and the end of retention", q, ok)
+	}
+	np, err := client.NetworkingV1().NetworkPolicies("ns").Get(ctx, q.NetworkPolicy, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("NetworkPolicy: %v", err)
+	}
+	if np.Spec.PodSelector.MatchLabels[QuarantineLabel] != "uid-web" || len(np.Spec.PolicyTypes) != 2 ||
+		len(np.Spec.Ingress) != 0 || len(np.Spec.Egress) != 0 || np.OwnerReferences[0].UID != "uid-web" {
+		t.Errorf("NetworkPolicy = %+v, want deny-all ingress and egress for the pod, owned by it", np)
+	}
+	if len(rec.lines) != 1 || !strings.Contains(rec.lines[0], ReasonQuarantined) || !strings.Contains(rec.lines[0], "where the network plugin enforces") {
+		t.Errorf("events = %q, want one Quarantined, honest about enforcement", rec.lines)
+	}
+
+	// The cache now shows the quarantine: wait for its end, then delete.
+	target.Object = got
+	if res, err := a.Act(ctx, target); err != nil || res.Taken || res.After != time.Hour {
+		t.Fatalf("during retention: %+v, %v; want to come back at its end", res, err)
+	}
+	clk.Step(time.Hour)
+	if res, err := a.Act(ctx, target); err != nil || res.After != 0 {
+		t.Fatalf("at the end of retention: %+v, %v; want done", res, err)
+	}
+	if _, err := client.CoreV1().Pods("ns").Get(ctx, "web-1", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("pod after retention: %v, want deleted", err)
+	}
+}
+
+func TestQuarantineOtherPod(t *testing.T) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "ns", UID: "uid-new"}}
+	client := fake.NewClientset(pod)
+	a := &Quarantiner{Client: client, Recorder: &notes{}, Clock: clocktesting.NewFakeClock(time.Now()), Retention: time.Hour}
+	res, err := a.Act(context.Background(), Target{Namespace: "ns", Name: "web-1", UID: "uid-old"})
+	if err != nil || res.Taken {
+		t.Fatalf("%+v, %v; want nothing done", res, err)
+	}
+	if nps, _ := client.NetworkingV1().NetworkPolicies("ns").List(context.Background(), metav1.ListOptions{}); len(nps.Items) != 0 {
+		t.Errorf("NetworkPolicies = %v, want none for a pod no one entered", nps.Items)
+	}
+}

@@ -1,0 +1,282 @@
+package deleter_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	"github.com/exec-reaper/exec-reaper/deleter"
+)
+
+const (
+	gaveUpMetric  = "exec_reaper_deleter_gave_up_total"
+	overdueMetric = "exec_reaper_deleter_overdue_pods"
+	pacedMetric   = "exec_reaper_deleter_paced_pods"
+)
+
+// replicaOf returns a recorded pod controlled by ReplicaSet rs.
+func replicaOf(rs *appsv1.ReplicaSet, name string, deadline time.Time) *corev1.Pod {
+	pod := recordedPod(name, types.UID("uid-"+name), deadline)
+	pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: rs.Name, UID: rs.UID, Controller: ptr.To(true)}}
+	return pod
+}
+
+func replicaSet(ready int32) *appsv1.ReplicaSet {
+	return &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-6f9", Namespace: namespace, UID: "uid-rs"},
+		Spec:       appsv1.ReplicaSetSpec{Replicas: ptr.To[int32](3)},
+		Status:     appsv1.ReplicaSetStatus{Replicas: 3, ReadyReplicas: ready},
+	}
+}
+
+// setReady writes the ReplicaSet's Ready count, as its controller would.
+func (h *harness) setReady(rs *appsv1.ReplicaSet, ready int32) {
+	h.t.Helper()
+	rs = rs.DeepCopy()
+	rs.Status.ReadyReplicas = ready
+	if _, err := h.client.AppsV1().ReplicaSets(namespace).UpdateStatus(context.Background(), rs, metav1.UpdateOptions{}); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// remove deletes pod name from the cache's source, as when it is gone.
+func (h *harness) remove(name string) {
+	h.t.Helper()
+	if err := h.meta.Tracker().Delete(deleter.PodsResource, namespace, name); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func TestPacesPodsOfOneOwner(t *testing.T) {
+	rs := replicaSet(3)
+	due := epoch.Add(-time.Second)
+	a, b := replicaOf(rs, "web-a", due), replicaOf(rs, "web-b", due)
+	h := newHarness(t, deleter.Options{}, a, b)
+	if _, err := h.client.AppsV1().ReplicaSets(namespace).Create(context.Background(), rs, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+
+	eventually(t, "one pod evicted and the other paced", func() bool {
+		return len(h.evictions(""))+len(h.events.about("web-a", deleter.ReasonPaced))+len(h.events.about("web-b", deleter.ReasonPaced)) == 2
+	})
+	first, second := "web-a", "web-b"
+	if len(h.evictions("web-b")) == 1 {
+		first, second = second, first
+	}
+	if got := h.evictions(second); len(got) != 0 {
+		t.Fatalf("both pods of one owner evicted at once: %v", h.evictions(""))
+	}
+	paced := h.events.about(second, deleter.ReasonPaced)
+	if len(paced) != 1 || !strings.Contains(paced[0].Note, "already going") {
+		t.Errorf("paced events = %+v, want one saying a pod of its owner is going", paced)
+	}
+	if got := h.counter(pacedMetric); got != 1 {
+		t.Errorf("paced_pods = %v, want 1", got)
+	}
+
+	// The first is gone; its replacement is not Ready yet.
+	h.setReady(rs, 2)
+	h.remove(first)
+	h.clock.Step(2 * time.Second)
+	h.drain()
+	if got := h.evictions(second); len(got) != 0 {
+		t.Fatalf("second pod evicted before its owner had a Ready replacement: %v", got)
+	}
+	// The replacement is Ready.
+	h.setReady(rs, 3)
+	h.clock.Step(2 * time.Second)
+	eventually(t, "the second eviction", func() bool { return len(h.evictions(second)) == 1 })
+	if got := h.events.about(second, deleter.ReasonPaced); len(got) != 1 {
+		t.Errorf("paced events = %d, want still one", len(got))
+	}
+	if got := h.counter(pacedMetric); got != 0 {
+		t.Errorf("paced_pods = %v, want 0", got)
+	}
+}
+
+func TestPacingIsBounded(t *testing.T) {
+	rs := replicaSet(3)
+	due := epoch.Add(-time.Second)
+	a, b := replicaOf(rs, "web-a", due), replicaOf(rs, "web-b", due)
+	h := newHarness(t, deleter.Options{MaxPacingDelay: time.Minute}, a, b)
+	if _, err := h.client.AppsV1().ReplicaSets(namespace).Create(context.Background(), rs, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+	eventually(t, "one pod evicted and the other paced", func() bool {
+		return len(h.evictions(""))+len(h.events.about("web-a", deleter.ReasonPaced))+len(h.events.about("web-b", deleter.ReasonPaced)) == 2
+	})
+	// The first never goes away (a finalizer): the second goes at the bound.
+	for range 30 {
+		h.clock.Step(2 * time.Second)
+	}
+	eventually(t, "both evicted", func() bool { return len(h.evictions("")) == 2 })
+	var forced []event
+	for _, e := range append(h.events.about("web-a", deleter.ReasonEvicted), h.events.about("web-b", deleter.ReasonEvicted)...) {
+		if strings.Contains(e.Note, "longest allowed") {
+			forced = append(forced, e)
+		}
+	}
+	if len(forced) != 1 {
+		t.Errorf("evicted events saying pacing gave up waiting = %+v, want one", forced)
+	}
+	if got := h.counter("exec_reaper_deleter_pacing_forced_total"); got < 1 {
+		t.Errorf("pacing_forced_total = %v, want at least 1", got)
+	}
+}
+
+func TestMirrorPodIsSkippedVisibly(t *testing.T) {
+	pod := recordedPod("etcd-node", "uid-mirror", epoch.Add(-time.Second))
+	pod.Annotations[deleter.MirrorAnnotation] = "3f2a"
+	h := newHarness(t, deleter.Options{}, pod)
+	before := h.counter(gaveUpMetric, "reason", "mirror")
+	h.start()
+
+	eventually(t, "the MirrorPod event", func() bool { return len(h.events.about("etcd-node", deleter.ReasonMirrorPod)) == 1 })
+	h.update("etcd-node", func(p *metav1.PartialObjectMetadata) { p.ResourceVersion = "" }) // as a resync would
+	h.drain()
+	if got := h.evictions("etcd-node"); len(got) != 0 {
+		t.Errorf("evictions of a mirror pod = %v, want none", got)
+	}
+	evs := h.events.about("etcd-node", "")
+	if len(evs) != 1 || evs[0].Type != corev1.EventTypeWarning || !strings.Contains(evs[0].Note, "kubelet keeps the containers running") {
+		t.Errorf("events = %+v, want one Warning saying why", evs)
+	}
+	if got := h.counter(gaveUpMetric, "reason", "mirror") - before; got != 1 {
+		t.Errorf("gave_up_total{reason=mirror} grew by %v, want 1", got)
+	}
+	if got := h.counter(overdueMetric); got != 1 {
+		t.Errorf("overdue_pods = %v, want 1 (the static pod still runs)", got)
+	}
+}
+
+func TestGivesUpVisiblyAfterRetries(t *testing.T) {
+	internal := apierrors.NewInternalError(errors.New("etcdserver: request timed out"))
+	h := newHarness(t, deleter.Options{MaxRetries: 1, RetryBaseDelay: time.Second}, recordedPod("web", "uid-web", epoch.Add(-time.Second)))
+	h.failEvictions("web", internal, internal, internal)
+	before := h.counter(gaveUpMetric, "reason", "retries")
+	h.start()
+
+	eventually(t, "the first attempt", func() bool { return len(h.evictions("web")) == 1 })
+	h.waitDelayed()
+	h.clock.Step(time.Second)
+	eventually(t, "the GaveUp event", func() bool { return len(h.events.about("web", deleter.ReasonGaveUp)) == 1 })
+	ev := h.events.about("web", deleter.ReasonGaveUp)[0]
+	if ev.Type != corev1.EventTypeWarning || !strings.Contains(ev.Note, "request timed out") {
+		t.Errorf("event = %+v, want a Warning with the last error", ev)
+	}
+	if got := h.counter(gaveUpMetric, "reason", "retries") - before; got != 1 {
+		t.Errorf("gave_up_total{reason=retries} grew by %v, want 1", got)
+	}
+	if got := h.counter(overdueMetric); got != 1 {
+		t.Errorf("overdue_pods = %v, want 1", got)
+	}
+}
+
+// twoBudgets is the API server's answer for a pod under two budgets.
+func twoBudgets() error {
+	return apierrors.NewInternalError(errors.New("This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."))
+}
+
+func TestTwoBudgetsReportedOnceAndRetried(t *testing.T) {
+	h := newHarness(t, deleter.Options{MaxRetries: 1, RetryBaseDelay: time.Second}, recordedPod("web", "uid-web", epoch.Add(-time.Second)))
+	h.failEvictions("web", twoBudgets(), twoBudgets(), twoBudgets())
+	before := h.counter(gaveUpMetric, "reason", "multiple_budgets")
+	h.start()
+
+	for i := range 3 {
+		eventually(t, "an attempt", func() bool { return len(h.evictions("web")) == i+1 })
+		h.waitDelayed()
+		h.clock.Step(time.Second << i)
+	}
+	// Beyond MaxRetries: the budgets may change, so it keeps trying.
+	eventually(t, "the eviction once one budget is gone", func() bool { return len(h.events.about("web", deleter.ReasonEvicted)) == 1 })
+	evs := h.events.about("web", deleter.ReasonEvictionImpossible)
+	if len(evs) != 1 || !strings.Contains(evs[0].Note, "more than one PodDisruptionBudget") || !strings.Contains(evs[0].Note, "escalation to deletion is off") {
+		t.Errorf("EvictionImpossible events = %+v, want one saying why", evs)
+	}
+	if got := h.counter(gaveUpMetric, "reason", "multiple_budgets") - before; got != 1 {
+		t.Errorf("gave_up_total{reason=multiple_budgets} grew by %v, want 1", got)
+	}
+	if got := h.events.about("web", deleter.ReasonGaveUp); len(got) != 0 {
+		t.Errorf("GaveUp events = %+v, want none: a refusal does not spend retries", got)
+	}
+}
+
+func TestEscalationDeletesBoundToUID(t *testing.T) {
+	h := newHarness(t, deleter.Options{EscalateAfter: time.Minute, RetryBaseDelay: time.Second},
+		recordedPod("web", "uid-web", epoch.Add(-30*time.Second)))
+	h.failEvictions("web", pdbRefusal(), pdbRefusal(), pdbRefusal(), pdbRefusal(), pdbRefusal(), pdbRefusal(), pdbRefusal(), pdbRefusal())
+	h.start()
+
+	eventually(t, "the refused attempt", func() bool { return len(h.evictions("web")) == 1 })
+	if got := deletions(h); len(got) != 0 {
+		t.Fatalf("deleted before escalate-after: %v", got)
+	}
+	for range 8 {
+		eventually(t, "a retry scheduled, or the deletion", func() bool { return len(deletions(h)) > 0 || h.clock.Waiters() > h.idle })
+		if len(deletions(h)) > 0 {
+			break
+		}
+		h.clock.Step(10 * time.Second)
+	}
+	eventually(t, "the deletion", func() bool { return len(deletions(h)) == 1 })
+	if got := deletions(h)[0]; got != "uid-web" {
+		t.Errorf("delete precondition UID = %q, want uid-web", got)
+	}
+	evs := h.events.about("web", deleter.ReasonDeleted)
+	if len(evs) != 1 || !strings.Contains(evs[0].Note, "bypassing its PodDisruptionBudget") {
+		t.Errorf("Deleted events = %+v, want one saying it bypassed the budget", evs)
+	}
+}
+
+// deletions returns the UID preconditions of the pod deletions h's client saw.
+func deletions(h *harness) []types.UID {
+	var out []types.UID
+	for _, a := range h.client.Actions() {
+		d, ok := a.(interface {
+			GetDeleteOptions() metav1.DeleteOptions
+		})
+		if !ok || a.GetVerb() != "delete" || a.GetResource().Resource != "pods" {
+			continue
+		}
+		opts := d.GetDeleteOptions()
+		if opts.Preconditions != nil && opts.Preconditions.UID != nil {
+			out = append(out, *opts.Preconditions.UID)
+		} else {
+			out = append(out, "")
+		}
+	}
+	return out
+}
+
+func TestOverdueGauge(t *testing.T) {
+	h := newHarness(t, deleter.Options{DryRun: true},
+		recordedPod("late", "uid-late", epoch.Add(-time.Second)),
+		recordedPod("early", "uid-early", epoch.Add(time.Hour)))
+	h.start()
+	eventually(t, "the dry-run report", func() bool { return len(h.events.about("late", deleter.ReasonWouldEvict)) == 1 })
+	if got := h.counter(overdueMetric); got != 1 {
+		t.Errorf("overdue_pods = %v, want 1", got)
+	}
+	h.clock.Step(time.Hour + time.Second)
+	if got := h.counter(overdueMetric); got != 2 {
+		t.Errorf("overdue_pods an hour later = %v, want 2", got)
+	}
+}
+
+func TestInvalidAction(t *testing.T) {
+	if _, err := deleter.NewController(nil, nil, nil, nil, deleter.Options{Action: "shred"}); err == nil || !strings.Contains(err.Error(), "configuration error") {
+		t.Errorf("NewController with action shred: %v, want a configuration error", err)
+	}
+}
