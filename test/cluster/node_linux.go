@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -66,8 +67,12 @@ type node struct {
 	lock      *os.File
 	footprint footprint
 	recorded  bool // footprint is complete and in nodeStateFile
-	ip        string
-	sock      string // containerd's socket
+	// before is NodeLeftovers once this run holds the lock and an earlier
+	// node's leftovers are cleaned: what Stop compares against, still under
+	// the lock, so another run's node is never in either list.
+	before []string
+	ip     string
+	sock   string // containerd's socket
 
 	scheduler, containerd, kubelet, controllerManager *Process
 }
@@ -177,6 +182,7 @@ func (c *Cluster) startNodePrep(ctx context.Context) error {
 	if err := CleanupStaleNode(c.log); err != nil {
 		return fmt.Errorf("cleaning up after an earlier node: %w", err)
 	}
+	n.before = NodeLeftovers()
 	if n.ip, err = nodeIP(); err != nil {
 		return err
 	}
@@ -525,6 +531,13 @@ func (c *Cluster) stopNode(stopOne func(*Process)) []error {
 			errs = append(errs, err)
 		} else if err := os.Remove(nodeStateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
+		}
+	}
+	// The node must leave the machine as it found it; checked before the
+	// lock is released, while no other run can have a node here.
+	if n.before != nil {
+		if after := NodeLeftovers(); !slices.Equal(n.before, after) {
+			errs = append(errs, fmt.Errorf("the node left the machine changed (make down cleans up):\n  before: %q\n  after:  %q", n.before, after))
 		}
 	}
 	if n.lock != nil {
