@@ -333,16 +333,5 @@ func metric(text, name, match string) float64 {
 // evictions sums a result of the eviction counter over every running deleter.
 func evictions(t *testing.T, result string) float64 {
 	t.Helper()
-	var sum float64
-	for n, d := range inst.Deleters {
-		if d == nil {
-			continue
-		}
-		text, err := inst.DeleterMetrics(context.Background(), n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sum += metric(text, "exec_reaper_deleter_evictions_total", `result="`+result+`"`)
-	}
-	return sum
+	return deleterMetric(t, "exec_reaper_deleter_evictions_total", `result="`+result+`"`)
 }
