@@ -19,7 +19,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 )
 
@@ -564,6 +566,14 @@ func (c *Cluster) drainPods() error {
 			return fmt.Errorf("deleting pods in %s: %w", ns.Name, err)
 		}
 	}
+	// The controller-manager is already stopped, so finalizers that its
+	// controllers would have removed (a Job's pods carry
+	// batch.kubernetes.io/job-tracking) would keep a pod's API object
+	// forever. Removing them does not skip the kubelet's part: it still
+	// stops the containers before it confirms the deletion.
+	if err := c.dropPodFinalizers(ctx); err != nil {
+		return err
+	}
 	var left []string
 	err = c.poll(ctx, nil, PodDrainTimeout, func(ctx context.Context) (bool, error) {
 		pods, err := c.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
@@ -586,6 +596,25 @@ func (c *Cluster) drainPods() error {
 		return fmt.Errorf("the kubelet did not remove pods %v: %w", left, err)
 	}
 	c.logf("every pod stopped and removed by the kubelet")
+	return nil
+}
+
+// dropPodFinalizers removes the finalizers of every pod on the node.
+func (c *Cluster) dropPodFinalizers(ctx context.Context) error {
+	pods, err := c.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + NodeName})
+	if err != nil {
+		return fmt.Errorf("listing pods to drop their finalizers: %w", err)
+	}
+	for _, p := range pods.Items {
+		if len(p.Finalizers) == 0 {
+			continue
+		}
+		_, err := c.client.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType,
+			[]byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("dropping the finalizers of pod %s/%s: %w", p.Namespace, p.Name, err)
+		}
+	}
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 )
 
@@ -107,7 +108,9 @@ func assertNoLeftovers(t *testing.T, before []string) {
 }
 
 // TestNode runs a pod on the real node, execs into it (output and a file
-// written), and checks that Stop leaves the machine as it found it.
+// written), and checks that Stop leaves the machine as it found it, even
+// with a finalizer on the pod that no running controller will remove (as a
+// Job's pods carry).
 func TestNode(t *testing.T) {
 	c, before := startNodeCluster(t)
 	t.Logf("before the node: %q", before)
@@ -120,6 +123,10 @@ func TestNode(t *testing.T) {
 	}
 	if out != "drift\nLinux\n" {
 		t.Errorf("kubectl exec printed %q, want the command's output", out)
+	}
+	if _, err := c.Client().CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType,
+		[]byte(`{"metadata":{"finalizers":["exec-reaper.io/test-keep"]}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
 	}
 	during := NodeLeftovers()
 	t.Logf("while the node runs: %q", during)

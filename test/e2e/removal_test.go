@@ -260,6 +260,12 @@ func TestRemovalPerKind(t *testing.T) {
 		if _, err := c.Client().BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		// The Job starts a replacement for the evicted pod: delete both
+		// when done, so nothing of this test outlives it.
+		t.Cleanup(func() {
+			_ = c.Client().BatchV1().Jobs(ns).Delete(context.Background(), job.Name,
+				metav1.DeleteOptions{PropagationPolicy: ptr.To(metav1.DeletePropagationBackground)})
+		})
 		pod := &waitReadyPods(t, ns, map[string]string{"app": "batch"}, 1, nil)[0]
 		ended := watchTermination(t, pod)
 		kubectlOK(t, aliceKubeconfig, "exec", "-n", ns, pod.Name, "-c", "app", "--", "true")
