@@ -27,9 +27,15 @@ import (
 // versionedAPI makes a fake clientset keep resourceVersions as the API
 // server does: every write of a pod bumps it, and a merge patch that names
 // another one fails with 409 Conflict. It counts the pod GETs and PATCHes.
+// It keeps Events itself, by name (a second create of one name fails with
+// 409 AlreadyExists, as the API server's does): the fake's own tracker
+// rebuilds a REST mapper on every create, which under the race detector on
+// a loaded machine made writing a burst's 100 Events outlast pollTimeout.
 type versionedAPI struct {
 	cs            *fake.Clientset
 	gets, patches atomic.Int64
+	mu            sync.Mutex
+	events        map[string]*corev1.Event
 	// beforeGet, if set, runs before each GET is answered (n counts from 1).
 	beforeGet func(n int64)
 	// beforePatch, if set, runs before each PATCH is applied.
@@ -37,8 +43,18 @@ type versionedAPI struct {
 }
 
 func newVersionedAPI(objects ...runtime.Object) *versionedAPI {
-	a := &versionedAPI{cs: fake.NewClientset(objects...)}
+	a := &versionedAPI{cs: fake.NewClientset(objects...), events: map[string]*corev1.Event{}}
 	podsGVR := corev1.SchemeGroupVersion.WithResource("pods")
+	a.cs.PrependReactor("create", "events", func(act clienttesting.Action) (bool, runtime.Object, error) {
+		ev := act.(clienttesting.CreateAction).GetObject().(*corev1.Event).DeepCopy()
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if _, ok := a.events[ev.Name]; ok {
+			return true, nil, apierrors.NewAlreadyExists(corev1.Resource("events"), ev.Name)
+		}
+		a.events[ev.Name] = ev
+		return true, ev, nil
+	})
 	a.cs.PrependReactor("get", "pods", func(act clienttesting.Action) (bool, runtime.Object, error) {
 		n := a.gets.Add(1)
 		if a.beforeGet != nil {
@@ -89,6 +105,13 @@ func newVersionedAPI(objects ...runtime.Object) *versionedAPI {
 		return true, pod, nil
 	})
 	return a
+}
+
+// createdEvents returns how many Events were created.
+func (a *versionedAPI) createdEvents() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.events)
 }
 
 // bump gives pod the next resourceVersion.
@@ -226,8 +249,8 @@ func TestRecorderCoalescesABurst(t *testing.T) {
 				t.Errorf("%d GETs and %d PATCHes, want %d and %d", g, p, tt.wantGets, tt.wantPatchs)
 			}
 			drain(t, sink)
-			if evs := listEvents(t, api.cs); len(evs) != n {
-				t.Errorf("%d Events, want one per entry (%d)", len(evs), n)
+			if got := api.createdEvents(); got != n {
+				t.Errorf("%d Events, want one per entry (%d)", got, n)
 			}
 		})
 	}

@@ -35,8 +35,9 @@ import (
 const pollTimeout = 10 * time.Second
 
 // eventCount reads exec_reaper_provider_events_total{result}. The metrics are
-// package globals, so tests compare differences, and the tests that read them
-// do not run in parallel.
+// package globals, so tests compare differences, the tests that read them do
+// not run in parallel, and no test returns while a sink of its own still
+// writes (see drain).
 func eventCount(t *testing.T, result string) float64 {
 	t.Helper()
 	reg := prometheus.NewRegistry()
@@ -84,7 +85,11 @@ func listEvents(t *testing.T, cs *fake.Clientset) []corev1.Event {
 }
 
 // drain runs s with a cancelled context: Run then writes what is queued and
-// returns, so the test needs no waiting.
+// returns, so the test needs no waiting. drain returns only once Run has,
+// even when Run is slower than pollTimeout (which fails the test): a Run
+// left writing would count its Events into whatever test runs next, the
+// metrics being process-wide (on a loaded machine, a burst's drain that
+// gave up left its Events to land in TestEventSinkAnnounce's count).
 func drain(t *testing.T, s *provider.EventSink) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(quiet())
@@ -94,7 +99,9 @@ func drain(t *testing.T, s *provider.EventSink) {
 	select {
 	case <-done:
 	case <-time.After(pollTimeout):
-		t.Fatal("Run did not return after its context was cancelled")
+		t.Errorf("Run did not return within %s after its context was cancelled; waiting for it", pollTimeout)
+		<-done
+		t.FailNow()
 	}
 }
 

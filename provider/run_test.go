@@ -130,11 +130,16 @@ func TestRunDrain(t *testing.T) {
 	}
 	apiLn, probeLn := listen(t), listen(t)
 	ctx, stop := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
-	defer stop()
-	done := make(chan error, 1)
+	done, exited := make(chan error, 1), make(chan struct{})
 	go func() {
+		defer close(exited)
 		done <- run(ctx, cfg, deps{client: client, api: apiLn, probe: probeLn}, prometheus.NewRegistry())
 	}()
+	// Even when the test fails early, run (its Event writers with it) must
+	// not outlive it: the metrics are process-wide, and the Events it would
+	// go on writing would count in a later test. Cleanups run last first:
+	// this one before the stand-in API server closes.
+	t.Cleanup(func() { stop(); <-exited })
 
 	readyz := "http://" + probeLn.Addr().String() + "/readyz"
 	if status, body := getStatus(t, readyz); status != http.StatusOK {
