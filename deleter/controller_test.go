@@ -825,6 +825,13 @@ func TestStripPod(t *testing.T) {
 	wantLegacy.Annotations = map[string]string{record.PodUIDAnnotation: "uid-web"}
 	wantLegacy.OwnerReferences = nil
 
+	// An empty UID label binds through the annotation too (record.Binding).
+	emptyLabel := full.DeepCopy()
+	emptyLabel.Labels[record.PodUIDLabel] = ""
+	emptyLabel.OwnerReferences = nil
+	wantEmptyLabel := wantLegacy.DeepCopy()
+	wantEmptyLabel.Labels[record.PodUIDLabel] = ""
+
 	// A static pod's mirror keeps its mark.
 	mirror := full.DeepCopy()
 	mirror.Annotations[deleter.MirrorAnnotation] = "hash"
@@ -843,6 +850,7 @@ func TestStripPod(t *testing.T) {
 		{"pod keeps only what the deleter acts on", full.DeepCopy(), want},
 		{"already stripped pod is unchanged", want.DeepCopy(), want},
 		{"legacy record keeps the pod-uid annotation", legacy, wantLegacy},
+		{"empty pod-uid label keeps the pod-uid annotation", emptyLabel, wantEmptyLabel},
 		{"mirror pod keeps the mirror annotation", mirror, wantMirror},
 		{"tombstone passes through", tombstone, tombstone},
 		{"other object passes through", &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cm"}}, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cm"}}},

@@ -76,8 +76,8 @@ func StripPod(obj any) (any, error) {
 		},
 	}
 	out.Labels = keep(pod.Labels, nil, record.DeadlineLabel, record.PodUIDLabel)
-	switch uid, bound := out.Labels[record.PodUIDLabel]; {
-	case !bound:
+	switch uid := out.Labels[record.PodUIDLabel]; {
+	case uid == "": // missing or empty: record.Binding reads the annotation
 		out.Annotations = keep(pod.Annotations, nil, record.PodUIDAnnotation)
 	case uid == string(pod.UID):
 		out.Labels[record.PodUIDLabel] = string(out.UID) // one copy of the UID, not two
