@@ -98,7 +98,7 @@ func newBurstEnv(b *testing.B) (*burstEnv, error) {
 		_, err := cs.Create(ctx, obj, metav1.CreateOptions{})
 		return err == nil || apierrors.IsAlreadyExists(err), nil
 	})
-	waitEnforcedTB(b, burstConstraint)
+	waitEnforced(b, burstConstraint)
 
 	binding := &rbacv1.ClusterRoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: "e2e-burst-users"},
@@ -158,26 +158,6 @@ func excludeFromDefault(ctx context.Context, ns string) error {
 		}
 	}
 	return fmt.Errorf("excluding %s from the default constraint: conflicts every time", ns)
-}
-
-// waitEnforcedTB is waitEnforced for a benchmark.
-func waitEnforcedTB(b *testing.B, name string) {
-	b.Helper()
-	cs := c.Dynamic().Resource(execReaperConstraints)
-	poll(b, "constraint "+name+" enforced", constraintTimeout, func(ctx context.Context) (bool, error) {
-		obj, err := cs.Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		byPod, _, _ := unstructured.NestedSlice(obj.Object, "status", "byPod")
-		for _, p := range byPod {
-			m, _ := p.(map[string]any)
-			if enforced, _, _ := unstructured.NestedBool(m, "enforced"); !enforced {
-				return false, nil
-			}
-		}
-		return len(byPod) > 0, nil
-	})
 }
 
 // burstResult is what one burst measured.

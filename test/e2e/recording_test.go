@@ -91,7 +91,7 @@ func constraint(t *testing.T, name, ns, action string, parameters map[string]any
 
 // waitEnforced waits until every Gatekeeper pod reports the constraint's
 // current generation enforced.
-func waitEnforced(t *testing.T, name string) {
+func waitEnforced(t testing.TB, name string) {
 	t.Helper()
 	cs := c.Dynamic().Resource(execReaperConstraints)
 	poll(t, "constraint "+name+" enforced", constraintTimeout, func(ctx context.Context) (bool, error) {

@@ -17,10 +17,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/internal/pki"
 	"github.com/exec-reaper/exec-reaper/test/install"
@@ -307,23 +305,12 @@ func TestReadinessWaitsForCABundle(t *testing.T) {
 	}
 }
 
-// guardedPods creates guarded pods (see guardedPod) in the strict namespace,
-// which other tests share, and deletes them and their budgets afterwards,
-// so that no test there waits on pods that can never be evicted.
+// guardedPods creates guarded pods (see guardedPod).
 func guardedPods(t *testing.T, ns string, names ...string) []*corev1.Pod {
 	t.Helper()
 	var pods []*corev1.Pod
 	for _, name := range names {
 		pods = append(pods, guardedPod(t, ns, name))
-		t.Cleanup(func() {
-			ctx := context.Background()
-			_ = c.Client().PolicyV1().PodDisruptionBudgets(ns).Delete(ctx, name, metav1.DeleteOptions{})
-			_ = c.Client().CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
-			poll(t, "pod "+name+" gone", podTimeout, func(ctx context.Context) (bool, error) {
-				_, err := c.Client().CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-				return apierrors.IsNotFound(err), nil
-			})
-		})
 	}
 	return pods
 }

@@ -19,10 +19,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/record"
 	"github.com/exec-reaper/exec-reaper/test/install"
@@ -124,6 +126,18 @@ func guardedPod(t *testing.T, ns, name string) *corev1.Pod {
 	ctx := context.Background()
 	labels := map[string]string{"app": name}
 	pod := barePod(t, ns, name, labels)
+	// The strict namespace is shared: delete the pod and its budget
+	// afterwards, so that no later test there waits on a pod that can never
+	// be evicted.
+	t.Cleanup(func() {
+		ctx := context.Background()
+		_ = c.Client().PolicyV1().PodDisruptionBudgets(ns).Delete(ctx, name, metav1.DeleteOptions{})
+		_ = c.Client().CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+		poll(t, "pod "+name+" gone", podTimeout, func(ctx context.Context) (bool, error) {
+			_, err := c.Client().CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err), nil
+		})
+	})
 	pod.Status.Phase = corev1.PodRunning
 	pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: metav1.Now()}}
 	pod, err := c.Client().CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
