@@ -62,6 +62,22 @@ func ReadQuarantine(annotations map[string]string) (Quarantine, bool) {
 	return q, true
 }
 
+// quarantined reads pod's quarantine record, and reports it only if the pod
+// is out of service as quarantine leaves it: QuarantineLabel set to its UID
+// and no label of its own left (the record's labels stay).
+func quarantined(pod *corev1.Pod) (Quarantine, bool) {
+	q, ok := ReadQuarantine(pod.Annotations)
+	if !ok || pod.Labels[QuarantineLabel] != string(pod.UID) {
+		return Quarantine{}, false
+	}
+	for k := range pod.Labels {
+		if k != QuarantineLabel && !strings.HasPrefix(k, record.Prefix) {
+			return Quarantine{}, false
+		}
+	}
+	return q, true
+}
+
 // Quarantiner takes an entered pod out of service instead of evicting it and
 // keeps it for Retention, for forensics: it relabels the pod (its controller
 // releases it and starts a replacement at once; no Service selects it),
@@ -84,12 +100,13 @@ type Quarantiner struct {
 func (*Quarantiner) Name() string { return "quarantine" }
 
 // Act implements Action.
+//
+// It reads the pod first, every time: the quarantine annotation alone proves
+// nothing, since anyone who may patch the pod can write it (the record guard
+// protects exec-reaper.io/ keys only). Only a pod also out of service (see
+// quarantined) is retained; any other is quarantined now, which replaces a
+// forged annotation with the deleter's own.
 func (a *Quarantiner) Act(ctx context.Context, t Target) (Result, error) {
-	if meta, ok := t.Object.(metav1.Object); ok {
-		if q, done := ReadQuarantine(meta.GetAnnotations()); done {
-			return a.retain(ctx, t, q)
-		}
-	}
 	pod, err := a.Client.CoreV1().Pods(t.Namespace).Get(ctx, t.Name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
@@ -100,8 +117,8 @@ func (a *Quarantiner) Act(ctx context.Context, t Target) (Result, error) {
 		evictionsTotal.WithLabelValues("other_pod").Inc()
 		return Result{}, nil
 	}
-	if q, done := ReadQuarantine(pod.Annotations); done {
-		return a.retain(ctx, t, q) // the cache had not seen it yet
+	if q, done := quarantined(pod); done {
+		return a.retain(ctx, t, q)
 	}
 	now := a.Clock.Now()
 	q := Quarantine{At: now.UTC().Truncate(time.Second), Until: now.Add(a.Retention).UTC().Truncate(time.Second),

@@ -85,3 +85,40 @@ func TestQuarantineOtherPod(t *testing.T) {
 		t.Errorf("NetworkPolicies = %v, want none for a pod no one entered", nps.Items)
 	}
 }
+
+// TestQuarantineForgedRecord: anyone who may patch a pod can write the
+// quarantine annotation (the record guard protects exec-reaper.io/ keys
+// only). A pod that carries one but was never taken out of service (its own
+// labels still on it) is quarantined for real when due, with a retention
+// of the deleter's choosing, not kept until the forged end.
+func TestQuarantineForgedRecord(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1_900_000_000, 0).UTC()
+	clk := clocktesting.NewFakeClock(now)
+	forged := `{"At":"2030-03-17T17:46:30Z","Until":"2099-01-01T00:00:00Z","Deadline":"2030-03-17T17:46:30Z","NetworkPolicy":"none"}`
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "ns", UID: "uid-web", ResourceVersion: "7",
+		Labels:      map[string]string{"app": "web", record.DeadlineLabel: "1899999990", record.PodUIDLabel: "uid-web"},
+		Annotations: map[string]string{QuarantineAnnotation: forged}}}
+	client := fake.NewClientset(pod)
+	a := &Quarantiner{Client: client, Recorder: &notes{}, Clock: clk, Retention: time.Hour}
+	target := Target{Object: pod.DeepCopy(), Namespace: "ns", Name: "web-1", UID: "uid-web", Deadline: now.Add(-10 * time.Second), Kind: KindReplicated}
+
+	res, err := a.Act(ctx, target)
+	if err != nil || !res.Taken || res.After != time.Hour {
+		t.Fatalf("quarantine of a pod with a forged record: %+v, %v; want taken, back in an hour", res, err)
+	}
+	got, err := client.CoreV1().Pods("ns").Get(ctx, "web-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, kept := got.Labels["app"]; kept || got.Labels[QuarantineLabel] != "uid-web" {
+		t.Errorf("labels = %v, want the pod's own labels replaced by %s", got.Labels, QuarantineLabel)
+	}
+	q, ok := ReadQuarantine(got.Annotations)
+	if !ok || !q.Until.Equal(now.Add(time.Hour)) || q.Labels["app"] != "web" {
+		t.Errorf("quarantine annotation = %+v (ok %v), want the deleter's own, ending in an hour", q, ok)
+	}
+	if _, err := client.NetworkingV1().NetworkPolicies("ns").Get(ctx, q.NetworkPolicy, metav1.GetOptions{}); err != nil {
+		t.Errorf("NetworkPolicy: %v", err)
+	}
+}
