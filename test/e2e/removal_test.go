@@ -250,6 +250,10 @@ func TestRemovalPerKind(t *testing.T) {
 	t.Run("Job pod is evicted and counts as failed", func(t *testing.T) {
 		spec := nodeSpec()
 		spec.RestartPolicy = corev1.RestartPolicyNever
+		// Exit non-zero on SIGTERM, as most programs do: nodeSpec's container
+		// exits 0, and a Job pod that ends Succeeded may be counted as a
+		// success rather than a failure (seen here once: Failed stayed 0).
+		spec.Containers[0].Command[2] = strings.Replace(spec.Containers[0].Command[2], "exit 0", "exit 143", 1)
 		job := &batchv1.Job{
 			ObjectMeta: metav1.ObjectMeta{Name: "batch", Namespace: ns},
 			Spec: batchv1.JobSpec{
