@@ -389,13 +389,14 @@ func (i *Install) StartDeleterWith(ctx context.Context, n int, extra map[string]
 	i.deleterMu.Lock()
 	i.Deleters[n] = p
 	i.deleterMu.Unlock()
-	go i.restartOnExit(n, p)
+	go i.restartOnExit(n, p, extra)
 	return waitReady(ctx, p, "http://"+i.DeleterProbes[n]+"/readyz")
 }
 
-// restartOnExit restarts replica n when p exits with an error status while
-// it is still the replica's process.
-func (i *Install) restartOnExit(n int, p *cluster.Process) {
+// restartOnExit restarts replica n, with the extra flags p was started
+// with, when p exits with an error status while it is still the replica's
+// process.
+func (i *Install) restartOnExit(n int, p *cluster.Process, extra map[string]string) {
 	<-p.Done()
 	_, err := p.Exited()
 	var exit *exec.ExitError
@@ -411,7 +412,7 @@ func (i *Install) restartOnExit(n int, p *cluster.Process) {
 	i.logf("  %s exited (%v): restarting it, as a kubelet would", p.Name, err)
 	ctx, cancel := context.WithTimeout(context.Background(), ReadyTimeout)
 	defer cancel()
-	if err := i.StartDeleter(ctx, n); err != nil {
+	if err := i.StartDeleterWith(ctx, n, extra); err != nil {
 		i.logf("  restarting %s: %v", p.Name, err)
 	}
 }
