@@ -6,8 +6,10 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 )
@@ -222,28 +224,33 @@ func readOwner(client kubernetes.Interface) ownerReader {
 		ctx, cancel := context.WithTimeout(ctx, evictTimeout)
 		defer cancel()
 		get := metav1.GetOptions{}
-		var want, ready int32
+		var want int32
+		var selector labels.Selector
 		var err error
 		switch groupKind(owner) {
 		case "apps/ReplicaSet":
 			rs, e := client.AppsV1().ReplicaSets(namespace).Get(ctx, owner.Name, get)
 			if err = e; e == nil {
-				want, ready = replicas(rs.Spec.Replicas), rs.Status.ReadyReplicas
+				want = replicas(rs.Spec.Replicas)
+				selector, err = metav1.LabelSelectorAsSelector(rs.Spec.Selector)
 			}
 		case "apps/StatefulSet":
 			ss, e := client.AppsV1().StatefulSets(namespace).Get(ctx, owner.Name, get)
 			if err = e; e == nil {
-				want, ready = replicas(ss.Spec.Replicas), ss.Status.ReadyReplicas
+				want = replicas(ss.Spec.Replicas)
+				selector, err = metav1.LabelSelectorAsSelector(ss.Spec.Selector)
 			}
 		case "apps/DaemonSet":
 			ds, e := client.AppsV1().DaemonSets(namespace).Get(ctx, owner.Name, get)
 			if err = e; e == nil {
-				want, ready = ds.Status.DesiredNumberScheduled, ds.Status.NumberReady
+				want = ds.Status.DesiredNumberScheduled
+				selector, err = metav1.LabelSelectorAsSelector(ds.Spec.Selector)
 			}
 		case "/ReplicationController":
 			rc, e := client.CoreV1().ReplicationControllers(namespace).Get(ctx, owner.Name, get)
 			if err = e; e == nil {
-				want, ready = replicas(rc.Spec.Replicas), rc.Status.ReadyReplicas
+				want = replicas(rc.Spec.Replicas)
+				selector = labels.SelectorFromSet(rc.Spec.Selector)
 			}
 		default:
 			return nil, nil
@@ -254,11 +261,40 @@ func readOwner(client kubernetes.Interface) ownerReader {
 		case err != nil:
 			return nil, fmt.Errorf("reading %s %s/%s: %w", owner.Kind, namespace, owner.Name, err)
 		}
+		ready, err := readyPods(ctx, client, namespace, owner.UID, selector)
+		if err != nil {
+			return nil, fmt.Errorf("counting the Ready pods of %s %s/%s: %w", owner.Kind, namespace, owner.Name, err)
+		}
 		return &ownerState{
-			Ready: int(ready), Want: int(want),
+			Ready: ready, Want: int(want),
 			Summary: fmt.Sprintf("%s %s: %d of %d ready", owner.Kind, owner.Name, ready, want),
 		}, nil
 	}
+}
+
+// readyPods counts the owner's Ready pods that are not terminating, from the
+// pods themselves: the owner's status counts Ready pods too, but it lags, and
+// can still count a pod that was just evicted, which would let pacing take
+// the next pod before the first one's replacement is Ready.
+func readyPods(ctx context.Context, client kubernetes.Interface, namespace string, owner types.UID, selector labels.Selector) (int, error) {
+	pods, err := client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: selector.String()})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for i := range pods.Items {
+		pod := &pods.Items[i]
+		if ref := metav1.GetControllerOfNoCopy(pod); ref == nil || ref.UID != owner || pod.DeletionTimestamp != nil {
+			continue
+		}
+		for _, c := range pod.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				n++
+				break
+			}
+		}
+	}
+	return n, nil
 }
 
 // replicas reads spec.replicas, which defaults to 1.

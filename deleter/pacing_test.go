@@ -9,9 +9,11 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/utils/ptr"
 )
 
 // pacingWorld is a pacer's surroundings: the cached pods, the pods taken, and
@@ -192,19 +194,50 @@ func TestPacerSkipsPodsWithoutOwnerAndWhenOff(t *testing.T) {
 
 func TestReadOwner(t *testing.T) {
 	three := int32(3)
+	web := map[string]string{"app": "web"}
+	readyOf := func(name, kind, owner string, uid types.UID, labels map[string]string, terminating bool) *corev1.Pod {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", Labels: labels,
+				OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: kind, Name: owner, UID: uid, Controller: ptr.To(true)}}},
+			Status: corev1.PodStatus{Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
+		}
+		if terminating {
+			pod.DeletionTimestamp = &metav1.Time{Time: time.Unix(1, 0)}
+			pod.Finalizers = []string{"example.com/hold"}
+		}
+		return pod
+	}
 	client := fake.NewClientset(
-		&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "ns"},
-			Spec: appsv1.ReplicaSetSpec{Replicas: &three}, Status: appsv1.ReplicaSetStatus{ReadyReplicas: 2}},
-		&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "agent", Namespace: "ns"},
+		&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "ns", UID: "uid-web"},
+			Spec:   appsv1.ReplicaSetSpec{Replicas: &three, Selector: &metav1.LabelSelector{MatchLabels: web}},
+			Status: appsv1.ReplicaSetStatus{ReadyReplicas: 2}},
+		readyOf("web-1", "ReplicaSet", "web", "uid-web", web, false),
+		readyOf("web-2", "ReplicaSet", "web", "uid-web", web, false),
+		// The ReplicaSet's status still counts 3: one was just evicted.
+		&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "ns", UID: "uid-api"},
+			Spec:   appsv1.ReplicaSetSpec{Replicas: &three, Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "api"}}},
+			Status: appsv1.ReplicaSetStatus{ReadyReplicas: 3}},
+		readyOf("api-1", "ReplicaSet", "api", "uid-api", map[string]string{"app": "api"}, false),
+		readyOf("api-2", "ReplicaSet", "api", "uid-api", map[string]string{"app": "api"}, false),
+		readyOf("api-3", "ReplicaSet", "api", "uid-api", map[string]string{"app": "api"}, true),
+		// Same labels, another controller: not the ReplicaSet's.
+		readyOf("api-other", "ReplicaSet", "api-old", "uid-api-old", map[string]string{"app": "api"}, false),
+		&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "agent", Namespace: "ns", UID: "uid-agent"},
+			Spec:   appsv1.DaemonSetSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "agent"}}},
 			Status: appsv1.DaemonSetStatus{DesiredNumberScheduled: 1, NumberReady: 1}},
+		readyOf("agent-1", "DaemonSet", "agent", "uid-agent", map[string]string{"app": "agent"}, false),
 	)
 	read := readOwner(client)
 	ctx := context.Background()
-	rs, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web"})
+	rs, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web", UID: "uid-web"})
 	if err != nil || rs == nil || rs.Ready != 2 || rs.Want != 3 || rs.Summary != "ReplicaSet web: 2 of 3 ready" {
 		t.Errorf("ReplicaSet: %+v, %v; want 1 unavailable", rs, err)
 	}
-	ds, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "apps/v1", Kind: "DaemonSet", Name: "agent"})
+	stale, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "api", UID: "uid-api"})
+	if err != nil || stale == nil || stale.Ready != 2 || stale.Want != 3 {
+		t.Errorf("ReplicaSet whose status still counts an evicted pod: %+v, %v; want 2 of 3 ready, from its pods", stale, err)
+	}
+	ds, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "apps/v1", Kind: "DaemonSet", Name: "agent", UID: "uid-agent"})
 	if err != nil || ds == nil || ds.Ready != 1 || ds.Want != 1 {
 		t.Errorf("DaemonSet: %+v, %v; want 0 unavailable", ds, err)
 	}

@@ -3,6 +3,7 @@ package deleter_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -33,18 +34,40 @@ func replicaOf(rs *appsv1.ReplicaSet, name string, deadline time.Time) *corev1.P
 func replicaSet(ready int32) *appsv1.ReplicaSet {
 	return &appsv1.ReplicaSet{
 		ObjectMeta: metav1.ObjectMeta{Name: "web-6f9", Namespace: namespace, UID: "uid-rs"},
-		Spec:       appsv1.ReplicaSetSpec{Replicas: ptr.To[int32](3)},
+		Spec:       appsv1.ReplicaSetSpec{Replicas: ptr.To[int32](3), Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}},
 		Status:     appsv1.ReplicaSetStatus{Replicas: 3, ReadyReplicas: ready},
 	}
 }
 
-// setReady writes the ReplicaSet's Ready count, as its controller would.
+// setReady makes the ReplicaSet have ready Ready pods (besides the entered
+// ones), and writes that count into its status, as its controller would.
 func (h *harness) setReady(rs *appsv1.ReplicaSet, ready int32) {
 	h.t.Helper()
+	ctx := context.Background()
 	rs = rs.DeepCopy()
 	rs.Status.ReadyReplicas = ready
-	if _, err := h.client.AppsV1().ReplicaSets(namespace).UpdateStatus(context.Background(), rs, metav1.UpdateOptions{}); err != nil {
+	if _, err := h.client.AppsV1().ReplicaSets(namespace).UpdateStatus(ctx, rs, metav1.UpdateOptions{}); err != nil {
 		h.t.Fatal(err)
+	}
+	for i := range *rs.Spec.Replicas {
+		name := fmt.Sprintf("%s-ready-%d", rs.Name, i)
+		_ = h.client.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{})
+		if i >= ready {
+			continue
+		}
+		pod := readyPodOf(rs, name)
+		if _, err := h.client.CoreV1().Pods(namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+}
+
+// readyPodOf returns a Ready pod controlled by rs that no one entered.
+func readyPodOf(rs *appsv1.ReplicaSet, name string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: rs.Namespace, Labels: rs.Spec.Selector.MatchLabels,
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: rs.Name, UID: rs.UID, Controller: ptr.To(true)}}},
+		Status: corev1.PodStatus{Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
 	}
 }
 
@@ -64,6 +87,7 @@ func TestPacesPodsOfOneOwner(t *testing.T) {
 	if _, err := h.client.AppsV1().ReplicaSets(namespace).Create(context.Background(), rs, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	h.setReady(rs, rs.Status.ReadyReplicas)
 	h.start()
 
 	eventually(t, "one pod evicted and the other paced", func() bool {
@@ -112,6 +136,7 @@ func TestPacingIsBounded(t *testing.T) {
 	if _, err := h.client.AppsV1().ReplicaSets(namespace).Create(context.Background(), rs, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	h.setReady(rs, rs.Status.ReadyReplicas)
 	h.start()
 	eventually(t, "one pod evicted and the other paced", func() bool {
 		return len(h.evictions(""))+len(h.events.about("web-a", deleter.ReasonPaced))+len(h.events.about("web-b", deleter.ReasonPaced)) == 2
