@@ -234,6 +234,18 @@ func NewController(client kubernetes.Interface, informer cache.SharedIndexInform
 	return c, nil
 }
 
+// markTaken remembers that t's pod was taken, until again (zero: until it is
+// deleted). A pod the call deleted at once may have left the cache, and its
+// delete handler run, before this: then nothing would forget it, so it is
+// forgotten here. The informer updates its cache before it calls handlers,
+// so one of the two always sees the other.
+func (c *Controller) markTaken(t Target, again time.Time) {
+	c.evicted.Store(t.UID, again)
+	if pod, err := c.pods.Namespace(t.Namespace).Get(t.Name); err != nil || pod.GetUID() != t.UID {
+		c.evicted.Delete(t.UID)
+	}
+}
+
 // forget drops what the controller remembers about a deleted pod.
 func (c *Controller) forget(uid types.UID) {
 	c.held.Delete(uid)
@@ -436,7 +448,7 @@ func (c *Controller) act(ctx context.Context, pod *metav1.PartialObjectMetadata,
 		if res.After > 0 {
 			again = c.clock.Now().Add(res.After)
 		}
-		c.evicted.Store(t.UID, again)
+		c.markTaken(t, again)
 		lag := c.clock.Since(t.Deadline)
 		evictionLag.Observe(lag.Seconds())
 		log.V(1).Info("Taken", "action", c.action.Name(), "lag", lag)
@@ -452,7 +464,7 @@ func (c *Controller) act(ctx context.Context, pod *metav1.PartialObjectMetadata,
 			c.pacer.release(t.UID, false)
 			return 0, derr
 		}
-		c.evicted.Store(t.UID, time.Time{})
+		c.markTaken(t, time.Time{})
 		res, err = Result{Taken: true}, nil
 	}
 	c.pacer.release(t.UID, res.Taken)
