@@ -22,8 +22,9 @@ import (
 //     answered from memory, with no API call;
 //   - a later call for an admission whose first call failed (or ran out of
 //     time) gets the same error at once;
-//   - a later call that asks for an earlier deadline does the work to move
-//     it, within what is left of the admission's time.
+//   - a later call that asks for an earlier deadline, or for quarantine
+//     where eviction was recorded, does the work to change the record,
+//     within what is left of the admission's time.
 //
 // So N matching constraints cost about the time of one call. The memory is
 // per replica; a call that reaches another replica does its own GET and finds
@@ -58,9 +59,10 @@ type admission struct {
 	budget time.Time
 
 	// Read and written only while holding turn:
-	recorded bool      // a call has recorded the entry
-	deadline time.Time // the earliest deadline recorded for it
-	failure  error     // the failure of the first call, if none recorded
+	recorded bool          // a call has recorded the entry
+	deadline time.Time     // the earliest deadline recorded for it
+	action   record.Action // the strictest action recorded for it
+	failure  error         // the failure of the first call, if none recorded
 }
 
 // admissions remembers recent admissions.
@@ -123,7 +125,8 @@ func (a *admissions) record(ctx context.Context, r *Recorder, req Request) (Resu
 	defer func() { adm.turn <- struct{}{} }()
 	switch {
 	case adm.recorded:
-		if want := record.Deadline(adm.deadline, adm.created, req.ttl); !want.Before(adm.deadline) {
+		want := record.Deadline(adm.deadline, adm.created, req.ttl)
+		if !want.Before(adm.deadline) && record.Stricter(adm.action, req.Action) == adm.action {
 			return Result{Deadline: adm.deadline, Outcome: outcome(req, record.OutcomeRepeat)}, nil
 		}
 	case adm.failure != nil:
@@ -136,6 +139,6 @@ func (a *admissions) record(ctx context.Context, r *Recorder, req Request) (Resu
 		}
 		return Result{}, err
 	}
-	adm.recorded, adm.deadline = true, res.Deadline
+	adm.recorded, adm.deadline, adm.action = true, res.Deadline, record.Stricter(adm.action, req.Action)
 	return res, nil
 }

@@ -96,6 +96,9 @@ type announcement struct {
 	// deadline is when the pod will be (for a trial, would be) evicted.
 	deadline time.Time
 	trial    bool
+	// quarantine says a constraint asked for the pod to be quarantined, not
+	// evicted, at the deadline.
+	quarantine bool
 	// update is set when a repeat moved the deadline earlier: this
 	// announcement replaces the entry's Event if it is not written yet.
 	update bool
@@ -118,7 +121,8 @@ func (s *EventSink) Announce(pod *corev1.Pod, rec record.Record, outcome record.
 	if outcome != record.OutcomeFirst && outcome != record.OutcomeAdded {
 		return
 	}
-	s.announce(announcement{pod: pod, entry: rec.Last, eventUID: rec.Last.RequestUID, deadline: rec.Deadline})
+	s.announce(announcement{pod: pod, entry: rec.Last, eventUID: rec.Last.RequestUID, deadline: rec.Deadline,
+		quarantine: rec.Action == record.ActionQuarantine})
 }
 
 // announce queues a, never waiting: when the queue is full, a is folded into
@@ -330,6 +334,9 @@ func buildEvent(a announcement) *corev1.Event {
 	}
 	who, when, deadline := truncate(e.User, 256), e.Time.UTC().Format(time.RFC3339), a.deadline.UTC().Format(time.RFC3339)
 	msg := fmt.Sprintf("%s entered this pod by %s at %s; exec-reaper will evict it at %s", who, what, when, deadline)
+	if a.quarantine {
+		msg = fmt.Sprintf("%s entered this pod by %s at %s; exec-reaper will quarantine it at %s (take it out of service and keep it for forensics), as a constraint asked", who, what, when, deadline)
+	}
 	if a.trial {
 		msg = fmt.Sprintf("%s entered this pod by %s at %s; it would be evicted at %s; this constraint is in trial mode, nothing will happen", who, what, when, deadline)
 	}

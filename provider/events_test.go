@@ -65,7 +65,7 @@ func eventCount(t *testing.T, result string) float64 {
 func entered(user, requestUID string) record.Record {
 	e := record.Entry{User: user, Time: t0, Operation: record.OpExec, Container: "app",
 		Command: []string{"sh", "-c", "cat /etc/shadow"}, RequestUID: requestUID}
-	rec, _ := record.Apply(nil, podUID, e, time.Hour)
+	rec, _ := record.Apply(nil, podUID, e, time.Hour, record.ActionEvict)
 	return rec
 }
 

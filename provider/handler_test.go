@@ -128,7 +128,7 @@ type item struct {
 // exec by someone at at with ttl.
 func existing(at time.Time, ttl time.Duration) *record.Record {
 	e := record.Entry{User: "carol", Time: at, Operation: record.OpAttach, RequestUID: "req-0"}
-	rec, _ := record.Apply(nil, podUID, e, ttl)
+	rec, _ := record.Apply(nil, podUID, e, ttl, record.ActionEvict)
 	return &rec
 }
 

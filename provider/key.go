@@ -85,12 +85,22 @@ type Request struct {
 	// Digests holds, for each field in Truncated, the lowercase hex SHA-256
 	// of the JSON of its whole original value (v2).
 	Digests map[string]string `json:"digests"`
+	// Action is what the constraint asks for at the deadline: "quarantine",
+	// or "evict" (the default, also when absent). Optional, unlike every
+	// other v2 field: a template sends it only when a constraint asks for
+	// quarantine, so the keys of every other constraint are what they were,
+	// and a provider that predates actions refuses only the keys it could
+	// not honour (unknown field "action"), never the rest.
+	Action record.Action `json:"action"`
 
 	ttl time.Duration
 }
 
 // v2Only are the fields a v1 key does not have.
-var v2Only = map[string]bool{"trial": true, "truncated": true, "digests": true}
+var v2Only = map[string]bool{"trial": true, "truncated": true, "digests": true, "action": true}
+
+// optional are the v2 fields a key may leave out (see Request.Action).
+var optional = map[string]bool{"action": true}
 
 // Decode parses a key built by the templates: "v2:" (or "v1:") followed by a
 // JSON object. It is strict: unknown fields, fields in another case or given
@@ -180,7 +190,7 @@ func decodeStrict(version, body string, v2 bool, r *Request) error {
 	}
 	var missing []string
 	for name := range keyFieldNames {
-		if _, ok := present[name]; !ok {
+		if _, ok := present[name]; !ok && !optional[name] {
 			missing = append(missing, name)
 		}
 	}
@@ -255,6 +265,12 @@ func (r *Request) validate() error {
 		return &ConfigError{fmt.Sprintf("the constraint's ttl %s is outside (0, %s]", ttl, MaxTTL)}
 	}
 	r.ttl = ttl
+	switch {
+	case r.Action == "":
+		r.Action = record.ActionEvict
+	case !r.Action.Valid():
+		return &ConfigError{fmt.Sprintf("the constraint's action %q is neither %q nor %q", cutForLog(string(r.Action)), record.ActionEvict, record.ActionQuarantine)}
+	}
 	return nil
 }
 

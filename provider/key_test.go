@@ -76,6 +76,7 @@ var validRequest = Request{
 	Operation: record.OpExec,
 	Container: "app",
 	Command:   []string{"sh", "-c", "id"},
+	Action:    record.ActionEvict,
 	ttl:       time.Hour,
 }
 
@@ -105,6 +106,11 @@ func TestDecode(t *testing.T) {
 		{name: "v2 null lists", key: keyWith(t, map[string]any{"groups": json.RawMessage("null"), "command": json.RawMessage("null"), "truncated": json.RawMessage("null"), "digests": json.RawMessage("null")}),
 			want: with(func(r *Request) { r.Groups, r.Command = nil, nil })},
 		{name: "trial", key: keyWith(t, map[string]any{"trial": true}), want: with(func(r *Request) { r.Trial = true })},
+		{name: "action quarantine", key: keyWith(t, map[string]any{"action": "quarantine"}), want: with(func(r *Request) { r.Action = record.ActionQuarantine })},
+		{name: "action evict", key: keyWith(t, map[string]any{"action": "evict"}), want: validRequest},
+		{name: "action unknown", key: keyWith(t, map[string]any{"action": "shred"}), wantErr: `configuration error: the constraint's action "shred" is neither "evict" nor "quarantine"`},
+		{name: "action in a v1 key", key: keyV1With(t, map[string]any{"action": "quarantine"}), wantErr: `unknown field "action"`},
+		{name: "action not a string", key: keyWith(t, map[string]any{"action": 1}), wantErr: "not valid v2 JSON"},
 		{name: "truncated with digests", key: keyWith(t, map[string]any{"truncated": []string{"command", "groups"}, "digests": map[string]string{"command": sha, "groups": sha}}),
 			want: with(func(r *Request) {
 				r.Truncated, r.Digests = []string{"command", "groups"}, map[string]string{"command": sha, "groups": sha}
@@ -272,7 +278,7 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("Decode accepted %q (%d bytes)", key, len(key))
 		}
 		// Whatever was accepted is stored within the bounds, and reads back.
-		rec, _ := record.Apply(nil, "pod-uid", r.Entry(time.Unix(1795000000, 0)), r.ttl)
+		rec, _ := record.Apply(nil, "pod-uid", r.Entry(time.Unix(1795000000, 0)), r.ttl, record.ActionEvict)
 		for _, k := range []string{record.FirstEntryAnnotation, record.LastEntryAnnotation} {
 			if n := len(rec.Annotations()[k]); n > record.MaxEntryBytes {
 				t.Fatalf("stored %s is %d bytes, more than %d", k, n, record.MaxEntryBytes)

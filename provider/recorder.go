@@ -403,18 +403,19 @@ func (r *Recorder) plan(ctx context.Context, pod *corev1.Pod, req Request, entry
 		// deleter does, and rewrite the rest.
 		klog.FromContext(ctx).Info("Repairing damaged record", "pod", klog.KObj(pod), "err", err)
 		if rec.PodUID != "" { // Read got as far as the binding
-			existing = &record.Record{Deadline: rec.Deadline, PodUID: rec.PodUID, Entries: rec.Entries}
+			existing = &record.Record{Deadline: rec.Deadline, PodUID: rec.PodUID, Action: rec.Action, Entries: rec.Entries}
 		}
 	}
-	rec, changed := record.Apply(existing, pod.UID, entry, ttl)
+	rec, changed := record.Apply(existing, pod.UID, entry, ttl, req.Action)
 	w := write{result: Result{Deadline: rec.Deadline, Outcome: changed}}
 	if changed == record.OutcomeRepeat {
 		return w
 	}
 	w.writes, w.labels, w.annotations = true, rec.Labels(), rec.Annotations()
 	w.check = []string{record.DeadlineAnnotation, record.PodUIDAnnotation}
-	w.notice = announcement{entry: rec.Last, eventUID: rec.Last.RequestUID, deadline: rec.Deadline}
-	if changed == record.OutcomeEarlier {
+	w.notice = announcement{entry: rec.Last, eventUID: rec.Last.RequestUID, deadline: rec.Deadline,
+		quarantine: rec.Action == record.ActionQuarantine}
+	if changed == record.OutcomeEarlier || changed == record.OutcomeStricter {
 		marks := existing.Recent
 		if len(marks) == 0 {
 			marks = []record.Mark{existing.Last.Mark(existing.Last.Time)}

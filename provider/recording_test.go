@@ -338,6 +338,49 @@ func TestHandlerEarliestDeadlineWins(t *testing.T) {
 	}
 }
 
+// TestHandlerQuarantineAsked: when any constraint matching an entry asks for
+// quarantine, the record asks for it (the label), whatever the order of the
+// calls and although the second call repeats the first admission (which is
+// otherwise answered from memory); the entry's one Event says so; a later
+// entry whose constraint asks for eviction does not soften it.
+func TestHandlerQuarantineAsked(t *testing.T) {
+	for _, order := range [][]record.Action{{record.ActionEvict, record.ActionQuarantine}, {record.ActionQuarantine, record.ActionEvict}} {
+		t.Run(fmt.Sprintf("%s-then-%s", order[0], order[1]), func(t *testing.T) {
+			d := newDirect(t, newPod(nil))
+			for i, a := range order {
+				if i > 0 {
+					d.clock.Step(300 * time.Millisecond) // Gatekeeper's next constraint
+				}
+				req := execBy("alice", "req-1", "1h")
+				req.Action = a
+				d.keys(t, keyFor(t, req))
+			}
+			later := execBy("bob", "req-2", "1h")
+			later.Action = record.ActionEvict
+			d.clock.Step(time.Minute)
+			d.keys(t, keyFor(t, later))
+			pod := getPod(t, d.cs)
+			rec, err := record.Read(pod.Labels, pod.Annotations)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.Action != record.ActionQuarantine || pod.Labels[record.ActionLabel] != "quarantine" || rec.Entries != 2 {
+				t.Errorf("action %q (label %q), %d entries; want quarantine and 2", rec.Action, pod.Labels[record.ActionLabel], rec.Entries)
+			}
+			evs := d.events(t)
+			var quarantine int
+			for _, ev := range evs {
+				if strings.Contains(ev.Message, "will quarantine it at") {
+					quarantine++
+				}
+			}
+			if len(evs) != 2 || quarantine != 2 {
+				t.Errorf("events %+v, want two (one per entry), both saying the pod will be quarantined", evs)
+			}
+		})
+	}
+}
+
 // slowAPI is an API server that never answers until the request gives up,
 // counting the requests it got.
 type slowAPI struct {

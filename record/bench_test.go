@@ -14,7 +14,7 @@ func BenchmarkApplyAndEncode(b *testing.B) {
 	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
 	e := record.Entry{User: "alice@example.com", Groups: []string{"dev", "system:authenticated"}, Time: now,
 		Operation: record.OpExec, Container: "app", Command: []string{"sh", "-c", "echo hi"}, RequestUID: "r1"}
-	first, _ := record.Apply(nil, "uid-1", e, time.Hour)
+	first, _ := record.Apply(nil, "uid-1", e, time.Hour, record.ActionEvict)
 	labels, annotations := first.Labels(), first.Annotations()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -24,7 +24,7 @@ func BenchmarkApplyAndEncode(b *testing.B) {
 		}
 		e.Time = now.Add(time.Minute)
 		e.Command = []string{"cat", "/etc/passwd"}
-		rec, _ := record.Apply(&existing, "uid-1", e, time.Hour)
+		rec, _ := record.Apply(&existing, "uid-1", e, time.Hour, record.ActionEvict)
 		_, _ = rec.Labels(), rec.Annotations()
 	}
 }

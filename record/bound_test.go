@@ -36,7 +36,7 @@ func TestApplyRecent(t *testing.T) {
 	}
 	var rec *record.Record
 	for _, s := range steps {
-		got, outcome := record.Apply(rec, uid, s.entry, s.ttl)
+		got, outcome := record.Apply(rec, uid, s.entry, s.ttl, record.ActionEvict)
 		if outcome != s.wantOutcome || got.Entries != s.wantEntries || got.Last.RequestUID != s.wantLast {
 			t.Errorf("%s: outcome %s, %d entries, last %q; want %s, %d, %q", s.name, outcome, got.Entries, got.Last.RequestUID, s.wantOutcome, s.wantEntries, s.wantLast)
 		}
@@ -48,13 +48,13 @@ func TestApplyRecent(t *testing.T) {
 
 	// The list keeps the last MaxRecent entries, so the oldest falls out.
 	for i := range record.MaxRecent {
-		got, _ := record.Apply(rec, uid, bob(t0.Add(time.Minute+time.Duration(i)*2*record.RepeatWindow), "bob-x"+string(rune('a'+i))), time.Hour)
+		got, _ := record.Apply(rec, uid, bob(t0.Add(time.Minute+time.Duration(i)*2*record.RepeatWindow), "bob-x"+string(rune('a'+i))), time.Hour, record.ActionEvict)
 		rec = &got
 	}
 	if len(rec.Recent) != record.MaxRecent || rec.Recent[0].RequestUID != "bob-xa" {
 		t.Errorf("recent = %+v, want the last %d, oldest bob-xa", rec.Recent, record.MaxRecent)
 	}
-	if _, outcome := record.Apply(rec, uid, alice(t0.Add(2*time.Minute), "ws"), time.Hour); outcome != record.OutcomeAdded {
+	if _, outcome := record.Apply(rec, uid, alice(t0.Add(2*time.Minute), "ws"), time.Hour, record.ActionEvict); outcome != record.OutcomeAdded {
 		t.Errorf("a request UID no longer in the list: outcome %s, want added", outcome)
 	}
 	// The record reads back with its list.
@@ -198,7 +198,7 @@ func deepCopyEntry(e record.Entry) record.Entry {
 // entryLen is the size of e as the record stores it.
 func entryLen(t testing.TB, e record.Entry) int {
 	t.Helper()
-	rec, _ := record.Apply(nil, uid, e, time.Hour)
+	rec, _ := record.Apply(nil, uid, e, time.Hour, record.ActionEvict)
 	return len(rec.Annotations()[record.FirstEntryAnnotation])
 }
 
@@ -239,10 +239,10 @@ func FuzzBound(f *testing.F) {
 			return parts
 		}
 		e := record.Entry{User: user, Groups: split(groups), Time: t0, Operation: record.OpExec, Container: container, Command: split(command), RequestUID: "req-1"}
-		rec, _ := record.Apply(nil, uid, e, time.Hour)
+		rec, _ := record.Apply(nil, uid, e, time.Hour, record.ActionEvict)
 		e2 := e
 		e2.RequestUID, e2.User, e2.Time = "req-2", "x"+user, t0.Add(time.Minute)
-		rec, _ = record.Apply(&rec, uid, e2, time.Hour)
+		rec, _ = record.Apply(&rec, uid, e2, time.Hour, record.ActionEvict)
 		trial, _ := record.ApplyTrial(nil, uid, e, time.Minute)
 
 		labels, annotations := rec.Labels(), rec.Annotations()

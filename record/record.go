@@ -79,6 +79,14 @@ const (
 	// DeadlineLabel, whatever its value (a damaged one is reported, not
 	// hidden). The deleter's informer lists and watches with it.
 	Selector = DeadlineLabel
+	// ActionLabel says what the deleter does with the pod at its deadline
+	// when a constraint asked for more than eviction: "quarantine" (see
+	// Action). Absent on a record whose constraints asked for nothing else,
+	// as on every record written before it existed. A label, like what binds
+	// the record, because it decides what happens to the pod: a node
+	// credential stolen from the entered container cannot turn a quarantine,
+	// which keeps the evidence, into an eviction, which destroys it.
+	ActionLabel = Prefix + "action"
 	// DeadlineAnnotation holds the deadline in RFC 3339, for people.
 	DeadlineAnnotation = Prefix + "deadline"
 	// PodUIDLabel holds the UID of the pod the record was written on. The
@@ -128,6 +136,44 @@ const (
 	FieldGroups    = "groups"
 	FieldUser      = "user"
 )
+
+// Action is what a constraint asks the deleter to do with an entered pod at
+// its deadline.
+type Action string
+
+const (
+	// ActionEvict evicts the pod (or whatever the deleter is configured to
+	// do with pods whose constraints asked for nothing else). The default.
+	ActionEvict Action = "evict"
+	// ActionQuarantine takes the pod out of service and keeps it for
+	// forensics until the deleter's retention ends.
+	ActionQuarantine Action = "quarantine"
+)
+
+// Valid reports whether a is one of the known actions.
+func (a Action) Valid() bool { return a == ActionEvict || a == ActionQuarantine }
+
+// Stricter returns the action that serves both a and b: quarantine when
+// either asked for it, since it removes the pod from service at the same
+// deadline as eviction and keeps the evidence that eviction destroys.
+func Stricter(a, b Action) Action {
+	if a == ActionQuarantine || b == ActionQuarantine {
+		return ActionQuarantine
+	}
+	return ActionEvict
+}
+
+// ActionOf reads the action a record asks for from a pod's labels: eviction
+// when ActionLabel is absent. ok is false for a value this version does not
+// know (written by a newer provider); the caller decides what to do then.
+func ActionOf(labels map[string]string) (a Action, ok bool) {
+	v, present := labels[ActionLabel]
+	if !present {
+		return ActionEvict, true
+	}
+	a = Action(v)
+	return a, a.Valid()
+}
 
 // Operation is how someone entered a pod.
 type Operation string
@@ -239,6 +285,9 @@ type Record struct {
 	Deadline time.Time
 	// PodUID is the UID of the pod the record belongs to.
 	PodUID types.UID
+	// Action is what is done with the pod at the deadline: the strictest
+	// that any entry's constraint asked for (Stricter).
+	Action Action
 	// Entries counts distinct entries.
 	Entries int
 	// First is the entry that first set a deadline.
@@ -265,6 +314,11 @@ const (
 	// OutcomeEarlier means a repeat that asked for less time: it moved the
 	// deadline earlier, and the entry's Event is updated, not added.
 	OutcomeEarlier Outcome = "earlier"
+	// OutcomeStricter means a repeat that asked for a stricter action
+	// (quarantine where the record asked for eviction) and no earlier
+	// deadline: the record's action changes, and the entry's Event is
+	// updated, not added.
+	OutcomeStricter Outcome = "stricter"
 )
 
 // ErrNoRecord is returned by Read for a pod that carries no record.
@@ -281,6 +335,11 @@ func Read(labels, annotations map[string]string) (Record, error) {
 	if err != nil {
 		return r, err
 	}
+	action, ok := ActionOf(labels)
+	if !ok {
+		return r, fmt.Errorf("label %s=%q is neither %q nor %q", ActionLabel, string(action), ActionEvict, ActionQuarantine)
+	}
+	r.Action = action
 	if n, err := strconv.Atoi(annotations[EntriesAnnotation]); err == nil && n > 0 {
 		r.Entries = n
 	}
@@ -373,17 +432,23 @@ func Deadline(existing, now time.Time, ttl time.Duration) time.Time {
 // existing is the record read from the pod, or nil if it has none or one that
 // does not decode. A record bound to another UID (labels copied from another
 // pod's manifest, say) is no record: the deleter would never act on it either.
-// The entry is stored bounded (Bound). Apply is pure: the caller writes the
-// result.
-func Apply(existing *Record, podUID types.UID, e Entry, ttl time.Duration) (Record, Outcome) {
+// The entry is stored bounded (Bound). action is what the entry's constraint
+// asks for at the deadline; the record keeps the stricter of it and what it
+// held (Stricter), so no entry can soften what another asked. Apply is pure:
+// the caller writes the result.
+func Apply(existing *Record, podUID types.UID, e Entry, ttl time.Duration, action Action) (Record, Outcome) {
 	at := e.Time // the deadline counts from the exact time, the record keeps seconds
 	e = Bound(e)
 	e.Time = e.Time.UTC().Truncate(time.Second)
 	m := e.Mark(at)
 	if existing == nil || existing.PodUID != podUID {
-		return Record{Deadline: Deadline(time.Time{}, at, ttl), PodUID: podUID, Entries: 1, First: e, Last: e, Recent: []Mark{m}}, OutcomeFirst
+		return Record{Deadline: Deadline(time.Time{}, at, ttl), PodUID: podUID, Action: Stricter(action, ActionEvict),
+			Entries: 1, First: e, Last: e, Recent: []Mark{m}}, OutcomeFirst
 	}
 	r := *existing
+	stricter := Stricter(r.Action, action)
+	changed := stricter != Stricter(r.Action, ActionEvict) // a zero Action reads as eviction
+	r.Action = stricter
 	marks := r.Recent
 	if len(marks) == 0 && r.Last.RequestUID != "" {
 		// A record from before the list existed: its last entry is all there is.
@@ -391,6 +456,9 @@ func Apply(existing *Record, podUID types.UID, e Entry, ttl time.Duration) (Reco
 	}
 	if d, outcome, ok := foldRepeat(marks, m, r.Deadline, at, ttl); ok {
 		r.Deadline = d
+		if outcome == OutcomeRepeat && changed {
+			outcome = OutcomeStricter
+		}
 		return r, outcome
 	}
 	r.Deadline = Deadline(r.Deadline, at, ttl)
@@ -405,7 +473,11 @@ func Apply(existing *Record, podUID types.UID, e Entry, ttl time.Duration) (Reco
 
 // Labels returns the record's labels.
 func (r Record) Labels() map[string]string {
-	return map[string]string{DeadlineLabel: FormatDeadline(r.Deadline), PodUIDLabel: string(r.PodUID)}
+	l := map[string]string{DeadlineLabel: FormatDeadline(r.Deadline), PodUIDLabel: string(r.PodUID)}
+	if r.Action == ActionQuarantine {
+		l[ActionLabel] = string(r.Action)
+	}
+	return l
 }
 
 // Annotations returns the record's annotations.

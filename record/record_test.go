@@ -3,6 +3,7 @@ package record_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"regexp"
 	"slices"
@@ -270,13 +271,16 @@ func TestApply(t *testing.T) {
 			if tt.existing != nil {
 				before = deepCopy(t, *tt.existing)
 			}
-			got, outcome := record.Apply(tt.existing, tt.podUID, tt.entry, tt.ttl)
+			got, outcome := record.Apply(tt.existing, tt.podUID, tt.entry, tt.ttl, record.ActionEvict)
 			if outcome != tt.wantOutcome {
 				t.Errorf("outcome = %q, want %q", outcome, tt.wantOutcome)
 			}
 			// The fingerprints are TestApplyRecent's business.
 			if tt.existing == nil || !reflect.DeepEqual(got.Recent, tt.existing.Recent) || outcome == record.OutcomeAdded || outcome == record.OutcomeFirst {
 				got.Recent = nil
+			}
+			if tt.want.Action == "" {
+				tt.want.Action = record.ActionEvict // the table asks for nothing else (TestApplyAction does)
 			}
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("record =\n%+v\nwant\n%+v", got, tt.want)
@@ -323,12 +327,12 @@ func TestRoundTrip(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := record.Entry{User: tt.user, Groups: tt.groups, Time: t0, Operation: record.OpDebug,
 				Container: "debugger-x7", Command: tt.command, RequestUID: "req-" + tt.name}
-			rec, outcome := record.Apply(nil, uid, e, 90*time.Minute)
+			rec, outcome := record.Apply(nil, uid, e, 90*time.Minute, record.ActionEvict)
 			if outcome != record.OutcomeFirst {
 				t.Fatalf("outcome = %q, want first", outcome)
 			}
 			later := record.Entry{User: tt.user + "-2", Groups: tt.groups, Time: t0.Add(time.Hour), Operation: record.OpPortForward, RequestUID: "req-2"}
-			rec, _ = record.Apply(&rec, uid, later, time.Minute)
+			rec, _ = record.Apply(&rec, uid, later, time.Minute, record.ActionEvict)
 
 			labels, annotations := rec.Labels(), rec.Annotations()
 			for k, v := range labels {
@@ -379,7 +383,7 @@ func TestRoundTrip(t *testing.T) {
 
 func TestReadErrors(t *testing.T) {
 	good := func() (map[string]string, map[string]string) {
-		rec, _ := record.Apply(nil, uid, alice(t0, "req-1"), time.Hour)
+		rec, _ := record.Apply(nil, uid, alice(t0, "req-1"), time.Hour, record.ActionEvict)
 		return rec.Labels(), rec.Annotations()
 	}
 	tests := []struct {
@@ -445,7 +449,7 @@ func TestReadErrors(t *testing.T) {
 func TestReadEntryCount(t *testing.T) {
 	for _, v := range []string{"", "many", "-3", "0", "1.5"} {
 		t.Run(v, func(t *testing.T) {
-			rec, _ := record.Apply(nil, uid, alice(t0, "req-1"), time.Hour)
+			rec, _ := record.Apply(nil, uid, alice(t0, "req-1"), time.Hour, record.ActionEvict)
 			annotations := rec.Annotations()
 			annotations[record.EntriesAnnotation] = v
 			got, err := record.Read(rec.Labels(), annotations)
@@ -538,5 +542,70 @@ func TestSelector(t *testing.T) {
 		if got := sel.Matches(labels.Set(tc.labels)); got != tc.want {
 			t.Errorf("selector %q matches %v = %v, want %v", sel, tc.labels, got, tc.want)
 		}
+	}
+}
+
+// TestApplyAction: the record keeps the strictest action any entry's
+// constraint asked for, whatever the order; a repeat of the same admission
+// that asks for quarantine changes the record (OutcomeStricter), and the
+// label says it.
+func TestApplyAction(t *testing.T) {
+	q, e := record.ActionQuarantine, record.ActionEvict
+	tests := []struct {
+		name        string
+		asks        []record.Action // one admission each, a minute apart, unless repeat
+		repeat      bool            // the later asks are the first admission's other constraints
+		want        record.Action
+		wantOutcome record.Outcome // of the last ask
+	}{
+		{name: "evict alone", asks: []record.Action{e}, want: e, wantOutcome: record.OutcomeFirst},
+		{name: "quarantine alone", asks: []record.Action{q}, want: q, wantOutcome: record.OutcomeFirst},
+		{name: "a later entry asks for quarantine", asks: []record.Action{e, q}, want: q, wantOutcome: record.OutcomeAdded},
+		{name: "a later entry cannot soften quarantine", asks: []record.Action{q, e}, want: q, wantOutcome: record.OutcomeAdded},
+		{name: "a second constraint of the same admission asks for quarantine", asks: []record.Action{e, q}, repeat: true, want: q, wantOutcome: record.OutcomeStricter},
+		{name: "a second constraint of the same admission asks for eviction", asks: []record.Action{q, e}, repeat: true, want: q, wantOutcome: record.OutcomeRepeat},
+		{name: "the same admission asks for quarantine twice", asks: []record.Action{q, q}, repeat: true, want: q, wantOutcome: record.OutcomeRepeat},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var rec *record.Record
+			var outcome record.Outcome
+			for i, a := range tt.asks {
+				entry := alice(t0, "req-1")
+				if !tt.repeat {
+					entry = alice(t0.Add(time.Duration(i)*time.Minute), fmt.Sprintf("req-%d", i+1))
+				}
+				next, o := record.Apply(rec, uid, entry, time.Hour, a)
+				rec, outcome = &next, o
+			}
+			if rec.Action != tt.want || outcome != tt.wantOutcome {
+				t.Errorf("action %q, outcome %q; want %q, %q", rec.Action, outcome, tt.want, tt.wantOutcome)
+			}
+			got, err := record.Read(rec.Labels(), rec.Annotations())
+			if err != nil || got.Action != tt.want {
+				t.Errorf("read back: action %q, err %v; want %q", got.Action, err, tt.want)
+			}
+			if _, labelled := rec.Labels()[record.ActionLabel]; labelled != (tt.want == q) {
+				t.Errorf("labels %v: want the %s label only on a quarantine", rec.Labels(), record.ActionLabel)
+			}
+		})
+	}
+}
+
+func TestReadAction(t *testing.T) {
+	first := alice(t0, "req-1")
+	rec, _ := record.Apply(nil, uid, first, time.Hour, record.ActionEvict)
+	l := rec.Labels()
+	l[record.ActionLabel] = "shred"
+	_, err := record.Read(l, rec.Annotations())
+	if err == nil || !strings.Contains(err.Error(), record.ActionLabel) || !strings.Contains(err.Error(), `"shred"`) {
+		t.Errorf("Read with an unknown action: err %v, want one naming the label and its value", err)
+	}
+	if a, ok := record.ActionOf(l); ok || a != "shred" {
+		t.Errorf("ActionOf = %q, %v; want shred, false", a, ok)
+	}
+	delete(l, record.ActionLabel)
+	if a, ok := record.ActionOf(l); !ok || a != record.ActionEvict {
+		t.Errorf("ActionOf without the label = %q, %v; want evict, true (a record written before actions)", a, ok)
 	}
 }
