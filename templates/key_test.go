@@ -691,3 +691,42 @@ func TestRecordCommand(t *testing.T) {
 		t.Errorf("recordCommand \"some\": messages %q, keys %d; want one configuration error and no call", msgs, len(keys))
 	}
 }
+
+// TestKeyAction: the key carries action only when a constraint asks for
+// quarantine, so every other constraint's key is what it was before actions
+// existed (a provider that predates them reads it); the provider decodes
+// what it carries; an unknown action makes no call and says why.
+func TestKeyAction(t *testing.T) {
+	e := newRegoEval(t, recorded)
+	for _, tc := range []struct {
+		action any // nil: the default
+		want   record.Action
+		inKey  bool
+	}{
+		{nil, record.ActionEvict, false},
+		{"evict", record.ActionEvict, false},
+		{"quarantine", record.ActionQuarantine, true},
+	} {
+		t.Run(fmt.Sprint(tc.action), func(t *testing.T) {
+			params := map[string]any{"ttl": "1h", "failurePolicy": "Fail"}
+			if tc.action != nil {
+				params["action"] = tc.action
+			}
+			msgs, keys := e.eval(t, entry{user: "alice", command: []string{"sh"}}.review(), params)
+			if len(msgs) != 0 || len(keys) != 1 {
+				t.Fatalf("violations %q, keys %d; want none and one", msgs, len(keys))
+			}
+			if got := strings.Contains(keys[0], `"action"`); got != tc.inKey {
+				t.Errorf("key %s: carries action %v, want %v", keys[0], got, tc.inKey)
+			}
+			req, err := provider.Decode(keys[0])
+			if err != nil || req.Action != tc.want {
+				t.Errorf("Decode: action %q, err %v; want %q", req.Action, err, tc.want)
+			}
+		})
+	}
+	msgs, keys := e.eval(t, entry{user: "alice"}.review(), map[string]any{"ttl": "1h", "failurePolicy": "Fail", "action": "shred"})
+	if len(keys) != 0 || len(msgs) != 1 || !strings.Contains(msgs[0], "misconfigured") || !strings.Contains(msgs[0], `its action "shred"`) {
+		t.Errorf("action \"shred\": messages %q, keys %d; want one configuration error and no call", msgs, len(keys))
+	}
+}

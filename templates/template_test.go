@@ -495,3 +495,35 @@ func TestNoOperationsField(t *testing.T) {
 		}
 	}
 }
+
+// TestQuarantineConstraint: a constraint with action quarantine records it on
+// the pod (the label the deleter acts on) and its notice says the pod will be
+// quarantined; the default constraint leaves no such label.
+func TestQuarantineConstraint(t *testing.T) {
+	for _, tc := range []struct {
+		action, want string
+	}{{"quarantine", "quarantined"}, {"", "evicted"}} {
+		t.Run(tc.want, func(t *testing.T) {
+			params := map[string]any{"ttl": "10m", "notice": true}
+			if tc.action != "" {
+				params["action"] = tc.action
+			}
+			p := newPolicy(t, "warn", params)
+			results := p.review(execReq(t, alice))
+			if len(results) != 1 || !strings.Contains(results[0].Msg, "the pod will be "+tc.want+" at ") {
+				t.Fatalf("results %v, want one notice saying the pod will be %s", results, tc.want)
+			}
+			pod := p.pod()
+			rec, err := record.Read(pod.Labels, pod.Annotations)
+			if err != nil {
+				t.Fatalf("no record on the pod: %v", err)
+			}
+			if label, ok := pod.Labels[record.ActionLabel]; ok != (tc.action != "") || label != tc.action {
+				t.Errorf("label %s = %q (present %v), want %q", record.ActionLabel, label, ok, tc.action)
+			}
+			if want := record.ActionEvict; tc.action != "" && rec.Action != record.ActionQuarantine || tc.action == "" && rec.Action != want {
+				t.Errorf("record action %q", rec.Action)
+			}
+		})
+	}
+}
