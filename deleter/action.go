@@ -26,6 +26,9 @@ const (
 	ReasonDeleted            = "ExecReaperDeleted"
 	ReasonMirrorPod          = "ExecReaperMirrorPod"
 	ReasonPaced              = "ExecReaperPaced"
+	// ReasonQuarantineNotAllowed: a record asked for quarantine, which the
+	// deleter is not configured for; the pod is evicted instead.
+	ReasonQuarantineNotAllowed = "ExecReaperQuarantineNotAllowed"
 )
 
 // errImpossible marks an eviction the API server will refuse until someone

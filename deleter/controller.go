@@ -74,9 +74,15 @@ type Options struct {
 	// MaxRetries bounds retries of evictions that failed for reasons other than
 	// a PodDisruptionBudget; the informer's resync brings the pod back later.
 	MaxRetries int
-	// Action is what is done with a due pod: ActionEvict (the default) or
-	// ActionQuarantine. DryRun overrides it.
+	// Action is what is done with a due pod whose record asks for nothing
+	// else: ActionEvict (the default) or ActionQuarantine. DryRun overrides
+	// it.
 	Action string
+	// AllowQuarantine lets a record ask for quarantine (a constraint with
+	// action: quarantine) where Action is evict. Without it such a pod is
+	// evicted, and an Event says that the deleter is not configured for
+	// quarantine. Implied by Action quarantine.
+	AllowQuarantine bool
 	// QuarantineRetention is how long a quarantined pod is kept before it is
 	// deleted (default 24h).
 	QuarantineRetention time.Duration
@@ -157,8 +163,12 @@ type Controller struct {
 	recorder events.EventRecorder
 	opts     Options
 
-	// action is what is done with a due pod.
+	// action is what is done with a due pod whose record asks for nothing
+	// else.
 	action Action
+	// quarantine is what is done with a due pod whose record asks for
+	// quarantine; nil when the deleter does not allow it.
+	quarantine Action
 	// pacer holds back pods of an owner that cannot spare them yet; nil in
 	// dry-run mode, which takes nothing down.
 	pacer *pacer
@@ -200,15 +210,20 @@ func NewController(client kubernetes.Interface, informer cache.SharedIndexInform
 		recorder: recorder,
 		opts:     opts,
 		guard:    &guard{client: client, name: opts.GuardPolicy, clock: clk},
-		told:     map[string]*sync.Map{ReasonMirrorPod: {}, ReasonPaced: {}, ReasonEvictionImpossible: {}},
+		told: map[string]*sync.Map{ReasonMirrorPod: {}, ReasonPaced: {}, ReasonEvictionImpossible: {},
+			ReasonQuarantineNotAllowed: {}, ReasonInvalidRecord: {}},
 	}
 	switch {
 	case opts.DryRun:
 		c.action = &DryRun{Recorder: recorder}
 	case opts.Action == ActionQuarantine:
 		c.action = &Quarantiner{Client: client, Recorder: recorder, Clock: clk, Retention: opts.QuarantineRetention}
+		c.quarantine = c.action
 	default:
 		c.action = &Evict{Client: client, Recorder: recorder}
+		if opts.AllowQuarantine {
+			c.quarantine = &Quarantiner{Client: client, Recorder: recorder, Clock: clk, Retention: opts.QuarantineRetention}
+		}
 	}
 	if !opts.DryRun {
 		c.pacer = newPacer(opts.PacingBudget, opts.MaxPacingDelay, c.cachedPods,
@@ -442,7 +457,8 @@ func (c *Controller) act(ctx context.Context, pod *metav1.PartialObjectMetadata,
 		return min(pacingRecheck, max(latest.Sub(c.clock.Now()), time.Millisecond)), nil
 	}
 	t.Forced = v.Forced
-	res, err := c.action.Act(ctx, t)
+	action := c.actionFor(ctx, pod, t)
+	res, err := action.Act(ctx, t)
 	if res.Taken {
 		var again time.Time
 		if res.After > 0 {
@@ -451,7 +467,7 @@ func (c *Controller) act(ctx context.Context, pod *metav1.PartialObjectMetadata,
 		c.markTaken(t, again)
 		lag := c.clock.Since(t.Deadline)
 		evictionLag.Observe(lag.Seconds())
-		log.V(1).Info("Taken", "action", c.action.Name(), "lag", lag)
+		log.V(1).Info("Taken", "action", action.Name(), "lag", lag)
 	}
 	if errors.Is(err, errImpossible) && c.once(ReasonEvictionImpossible, t.UID) {
 		gaveUpTotal.WithLabelValues("multiple_budgets").Inc()
@@ -469,6 +485,44 @@ func (c *Controller) act(ctx context.Context, pod *metav1.PartialObjectMetadata,
 	}
 	c.pacer.release(t.UID, res.Taken)
 	return res.After, err
+}
+
+// actionFor returns what is done with t's pod: quarantine where its record
+// asks for it (record.ActionLabel) and the deleter allows it, else the
+// deleter's own action. A pod whose record asks for quarantine on a deleter
+// that does not allow it is still removed at its deadline, evicted: the
+// deadline is the promise, and an Event says what the configuration lacks.
+func (c *Controller) actionFor(ctx context.Context, pod *metav1.PartialObjectMetadata, t Target) Action {
+	asked, known := record.ActionOf(pod.Labels)
+	switch {
+	case c.opts.DryRun:
+	case !known:
+		if c.once(ReasonInvalidRecord, t.UID) {
+			klog.FromContext(ctx).Info("Record asks for an action this deleter does not know; doing its own", "asked", asked, "action", c.action.Name())
+			c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonInvalidRecord, "Evict",
+				"exec-reaper's record on this pod asks for action %q (label %s), which this deleter does not know (is the provider newer than the deleter? upgrade the deleter); it does what it does with every other pod: %s",
+				cutForEvent(string(asked)), record.ActionLabel, c.action.Name())
+		}
+	case asked == record.ActionQuarantine && c.quarantine != nil:
+		return c.quarantine
+	case asked == record.ActionQuarantine:
+		if c.once(ReasonQuarantineNotAllowed, t.UID) {
+			quarantineNotAllowedTotal.Inc()
+			klog.FromContext(ctx).Info("A constraint asked for quarantine, which this deleter does not allow; evicting instead (configuration error: start the deleter with --allow-quarantine, chart value deleter.allowQuarantine)")
+			c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonQuarantineNotAllowed, "Evict",
+				"A constraint asked for this pod to be quarantined, but this exec-reaper deleter does not allow quarantine, so it %ss the pod instead. This is a configuration error: install exec-reaper with deleter.allowQuarantine=true (deleter flag --allow-quarantine)",
+				c.action.Name())
+		}
+	}
+	return c.action
+}
+
+// cutForEvent shortens a value read from a pod for an Event message.
+func cutForEvent(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
 }
 
 // escalation says, for an Event, whether refused pods are deleted in the end.

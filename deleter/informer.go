@@ -52,7 +52,8 @@ func ListOptions(o *metav1.ListOptions) { o.LabelSelector = record.Selector }
 // StripPod is an informer transform that keeps only what the deleter acts
 // on: name, namespace, UID, resourceVersion and deletionTimestamp; the
 // record's binding (its labels, and the pod-UID annotation only for a record
-// from before the UID was a label: see record.Binding); the controller's
+// from before the UID was a label: see record.Binding) and the action it
+// asks for (record.ActionLabel); the controller's
 // ownerReference; the mirror-pod annotation; and the quarantine record
 // (QuarantineAnnotation), which says when a quarantined pod is deleted. Everything else (the
 // entries' JSON, managedFields, other labels and annotations) is dropped, so
@@ -75,7 +76,7 @@ func StripPod(obj any) (any, error) {
 			DeletionTimestamp: pod.DeletionTimestamp,
 		},
 	}
-	out.Labels = keep(pod.Labels, nil, record.DeadlineLabel, record.PodUIDLabel)
+	out.Labels = keep(pod.Labels, nil, record.DeadlineLabel, record.PodUIDLabel, record.ActionLabel)
 	switch uid := out.Labels[record.PodUIDLabel]; {
 	case uid == "": // missing or empty: record.Binding reads the annotation
 		out.Annotations = keep(pod.Annotations, nil, record.PodUIDAnnotation)

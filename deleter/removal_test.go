@@ -16,6 +16,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/deleter"
+	"github.com/exec-reaper/exec-reaper/record"
 )
 
 const (
@@ -303,5 +304,53 @@ func TestOverdueGauge(t *testing.T) {
 func TestInvalidAction(t *testing.T) {
 	if _, err := deleter.NewController(nil, nil, nil, nil, deleter.Options{Action: "shred"}); err == nil || !strings.Contains(err.Error(), "configuration error") {
 		t.Errorf("NewController with action shred: %v, want a configuration error", err)
+	}
+}
+
+// TestRecordAsksForQuarantine: on a deleter whose own action is eviction, a
+// pod whose record asks for quarantine (a constraint with action:
+// quarantine) is quarantined where the deleter allows it, and where it does
+// not, still removed at its deadline (evicted), with a Warning that names
+// the configuration error and a counter; a pod whose record asks for nothing
+// is evicted either way. The informer's transform must keep the label.
+func TestRecordAsksForQuarantine(t *testing.T) {
+	const notAllowed = "exec_reaper_deleter_quarantine_not_allowed_total"
+	for _, allow := range []bool{true, false} {
+		t.Run(fmt.Sprintf("allowed=%v", allow), func(t *testing.T) {
+			asks := recordedPod("asks", "uid-asks", epoch.Add(-time.Second))
+			asks.Labels[record.ActionLabel] = string(record.ActionQuarantine)
+			plain := recordedPod("plain", "uid-plain", epoch.Add(-time.Second))
+			h := newHarness(t, deleter.Options{AllowQuarantine: allow}, asks, plain)
+			before := h.counter(notAllowed)
+			h.start()
+			eventually(t, "the plain pod evicted", func() bool { return len(h.evictions("plain")) == 1 })
+			if !allow {
+				eventually(t, "the pod that asked evicted", func() bool { return len(h.evictions("asks")) == 1 })
+				evs := h.events.about("asks", deleter.ReasonQuarantineNotAllowed)
+				if len(evs) != 1 || evs[0].Type != corev1.EventTypeWarning || !strings.Contains(evs[0].Note, "configuration error") ||
+					!strings.Contains(evs[0].Note, "deleter.allowQuarantine") {
+					t.Errorf("events = %+v, want one Warning naming the configuration error and the chart value", evs)
+				}
+				if got := h.counter(notAllowed) - before; got != 1 {
+					t.Errorf("%s grew by %v, want 1", notAllowed, got)
+				}
+				return
+			}
+			eventually(t, "the pod that asked quarantined", func() bool { return len(h.events.about("asks", deleter.ReasonQuarantined)) == 1 })
+			h.drain()
+			if got := h.evictions("asks"); len(got) != 0 {
+				t.Errorf("evictions of the pod that asked for quarantine = %v, want none", got)
+			}
+			pod, err := h.client.CoreV1().Pods(namespace).Get(context.Background(), "asks", metav1.GetOptions{})
+			if err != nil || pod.Labels[deleter.QuarantineLabel] != "uid-asks" {
+				t.Errorf("pod after quarantine: %v, labels %v; want it relabelled", err, pod.GetLabels())
+			}
+			if evs := h.events.about("plain", deleter.ReasonQuarantined); len(evs) != 0 {
+				t.Errorf("the plain pod was quarantined: %+v", evs)
+			}
+			if got := h.counter(notAllowed) - before; got != 0 {
+				t.Errorf("%s grew by %v, want 0", notAllowed, got)
+			}
+		})
 	}
 }

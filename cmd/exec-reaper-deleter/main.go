@@ -41,6 +41,7 @@ func main() {
 	fs.DurationVar(&cfg.RetryBaseDelay, "retry-base-delay", cfg.RetryBaseDelay, "First delay after a refused or failed eviction.")
 	fs.DurationVar(&cfg.RetryMaxDelay, "retry-max-delay", cfg.RetryMaxDelay, "Longest delay between retries; also how late an eviction can be once its PodDisruptionBudget allows it.")
 	fs.StringVar(&cfg.Action, "action", cfg.Action, `What is done with a due pod: "evict", or "quarantine" (relabel it out of its controller and Services, isolate it with a NetworkPolicy, delete it after --quarantine-retention).`)
+	fs.BoolVar(&cfg.AllowQuarantine, "allow-quarantine", false, `Quarantine (as --action=quarantine does) the pods whose record asks for it (a constraint with action: quarantine), while --action applies to the others; without it they are evicted, with an Event saying so. Needs quarantine's permissions (chart value deleter.allowQuarantine).`)
 	fs.DurationVar(&cfg.QuarantineRetention, "quarantine-retention", cfg.QuarantineRetention, "How long a quarantined pod is kept before it is deleted.")
 	fs.IntVar(&cfg.PacingBudget, "pacing-budget", cfg.PacingBudget, "Pods of one owner taken at once; the next goes once the owner has a Ready replacement. -1 turns pacing off.")
 	fs.DurationVar(&cfg.MaxPacingDelay, "max-pacing-delay", cfg.MaxPacingDelay, "Longest a due pod waits past its deadline for its owner before it goes anyway.")
