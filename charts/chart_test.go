@@ -734,6 +734,9 @@ func TestRBAC(t *testing.T) {
 		{name: "dry run: no eviction", ns: gkNS, args: []string{"--set", "deleter.dryRun=true"}, mode: deleterMode{dryRun: true}, leader: true},
 		{name: "quarantine: patch, delete, NetworkPolicy", ns: gkNS, args: []string{"--set", "deleter.action=quarantine"}, mode: deleterMode{quarantine: true}, leader: true},
 		{name: "escalation: delete", ns: gkNS, args: []string{"--set", "deleter.escalateAfter=1h"}, mode: deleterMode{escalate: true}, leader: true},
+		{name: "quarantine allowed for constraints: patch, delete, NetworkPolicy", ns: gkNS, args: []string{"--set", "deleter.allowQuarantine=true"}, mode: deleterMode{quarantine: true}, leader: true},
+		{name: "quarantine allowed but dry run: no eviction, no quarantine", ns: gkNS, args: []string{"--set", "deleter.allowQuarantine=true", "--set", "deleter.dryRun=true"}, mode: deleterMode{dryRun: true}, leader: true},
+		{name: "escalation off written as 0h0m", ns: gkNS, args: []string{"--set", "deleter.escalateAfter=0h0m"}, leader: true},
 		{name: "no pacing: no owner reads", ns: gkNS, args: []string{"--set", "deleter.pacing.budget=-1"}, mode: deleterMode{noPacing: true}, leader: true},
 		{name: "no leader election: no Lease", ns: gkNS, args: []string{"--set", "deleter.replicas=1", "--set", "deleter.leaderElection.enabled=false"}},
 		{name: "with policies", ns: gkNS, args: []string{"--set", "policies.install=true"}, leader: true},
@@ -1016,7 +1019,7 @@ func TestPolicies(t *testing.T) {
 		want := constraintParams{
 			EnforcementAction: "warn",
 			Excluded:          []string{"kube-system", "gatekeeper-system"},
-			Params: map[string]any{"ttl": "1h", "mode": "enforce", "failurePolicy": "Ignore", "notice": true, "portForward": false, "recordCommand": "program",
+			Params: map[string]any{"ttl": "1h", "mode": "enforce", "action": "evict", "failurePolicy": "Ignore", "notice": true, "portForward": false, "recordCommand": "program",
 				"exemptUsers": []any{}, "exemptGroups": []any{}, "provider": "exec-reaper"},
 			Hook: hook,
 		}
@@ -1058,7 +1061,7 @@ func TestPolicies(t *testing.T) {
 			Excluded:          []string{"kube-system", "monitoring", "gatekeeper-system"},
 			// notice: true (the default) is dropped: with deny it would
 			// refuse every entry.
-			Params: map[string]any{"ttl": "30m", "mode": "enforce", "failurePolicy": "Fail", "notice": false, "portForward": true, "recordCommand": "program",
+			Params: map[string]any{"ttl": "30m", "mode": "enforce", "action": "evict", "failurePolicy": "Fail", "notice": false, "portForward": true, "recordCommand": "program",
 				"exemptUsers": []any{"alice@example.com", "system:admin"}, "exemptGroups": []any{"sre"}, "provider": "reaper-provider"},
 			Hook: hook,
 		}
@@ -1075,6 +1078,13 @@ func TestPolicies(t *testing.T) {
 		o := render(t, gkNS, "--set", "policies.install=true", "--set", "policies.mode=trial")
 		if c := constraint(t, o, "K8sExecReaper", "exec-reaper"); c.Params["mode"] != "trial" || c.EnforcementAction != "warn" {
 			t.Errorf("mode %v, action %s; want trial, warn", c.Params["mode"], c.EnforcementAction)
+		}
+	})
+
+	t.Run("quarantine", func(t *testing.T) {
+		o := render(t, gkNS, "--set", "policies.install=true", "--set", "policies.action=quarantine")
+		if c := constraint(t, o, "K8sExecReaper", "exec-reaper"); c.Params["action"] != "quarantine" {
+			t.Errorf("action %v, want quarantine", c.Params["action"])
 		}
 	})
 
@@ -1491,5 +1501,36 @@ func TestGuard(t *testing.T) {
 	}
 	if a := args(t, deployment(t, off, "exec-reaper", "exec-reaper-deleter").Spec.Template.Spec.Containers[0]); a["guard-policy"] != "" {
 		t.Errorf("guard.enabled=false still passes --guard-policy=%s", a["guard-policy"])
+	}
+}
+
+// TestDeleterQuarantineFlags: the deleter gets quarantine's flags exactly
+// when it may quarantine: its own action, or allowQuarantine for the
+// constraints that ask for it.
+func TestDeleterQuarantineFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		set       []string
+		allow     bool // --allow-quarantine
+		retention bool // --quarantine-retention
+	}{
+		{name: "default"},
+		{name: "action quarantine", set: []string{"deleter.action=quarantine"}, retention: true},
+		{name: "allowed for constraints", set: []string{"deleter.allowQuarantine=true"}, allow: true, retention: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var extra []string
+			for _, s := range tc.set {
+				extra = append(extra, "--set", s)
+			}
+			c := deployment(t, render(t, gkNS, extra...), gkNS, "exec-reaper-deleter").Spec.Template.Spec.Containers[0]
+			a := args(t, c)
+			if _, ok := a["allow-quarantine"]; ok != tc.allow {
+				t.Errorf("--allow-quarantine given: %v, want %v (args %v)", ok, tc.allow, c.Args)
+			}
+			if r, ok := a["quarantine-retention"]; ok != tc.retention || ok && r != "24h" {
+				t.Errorf("--quarantine-retention=%q given: %v, want %v with 24h", r, ok, tc.retention)
+			}
+		})
 	}
 }

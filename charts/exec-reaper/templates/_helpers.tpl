@@ -37,6 +37,14 @@ name unless the release name already contains it ("exec-reaper" stays
 {{- printf "%s-deleter" (include "exec-reaper.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/*
+"true" when the deleter may quarantine (its own action, or for the
+constraints that ask), else empty: what its flags and permissions follow.
+*/}}
+{{- define "exec-reaper.deleter.quarantine" -}}
+{{- if or (eq .Values.deleter.action "quarantine") .Values.deleter.allowQuarantine -}}true{{- end -}}
+{{- end -}}
+
 {{/* The Secret cert-controller fills with the serving certificate. */}}
 {{- define "exec-reaper.provider.certSecret" -}}
 {{- default (printf "%s-provider-cert" (include "exec-reaper.fullname" .)) .Values.provider.certSecretName | trunc 63 | trimSuffix "-" -}}
