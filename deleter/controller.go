@@ -227,7 +227,7 @@ func NewController(client kubernetes.Interface, informer cache.SharedIndexInform
 	}
 	if !opts.DryRun {
 		c.pacer = newPacer(opts.PacingBudget, opts.MaxPacingDelay, c.cachedPods,
-			func(uid types.UID) bool { _, ok := c.evicted.Load(uid); return ok }, readOwner(client))
+			func(uid types.UID) bool { _, ok := c.evicted.Load(uid); return ok }, readOwner(client, clk, opts.MaxPacingDelay))
 	}
 	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    c.enqueue,
@@ -477,13 +477,13 @@ func (c *Controller) act(ctx context.Context, pod *metav1.PartialObjectMetadata,
 	}
 	if (errors.Is(err, errRefused) || errors.Is(err, errImpossible)) && c.opts.EscalateAfter > 0 && overdue >= c.opts.EscalateAfter {
 		if derr := deletePod(ctx, c.client, c.recorder, t, err, overdue); derr != nil {
-			c.pacer.release(t.UID, false)
+			c.pacer.release(t.UID)
 			return 0, derr
 		}
 		c.markTaken(t, time.Time{})
 		res, err = Result{Taken: true}, nil
 	}
-	c.pacer.release(t.UID, res.Taken)
+	c.pacer.release(t.UID)
 	return res.After, err
 }
 

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/clock"
 )
 
 // pacingRecheck is how often a pod held by pacing looks at its owner again.
@@ -19,10 +20,17 @@ import (
 // and a watch of every ReplicaSet in the cluster would cache far more.
 const pacingRecheck = 2 * time.Second
 
-// ownerState is an owner's readiness, as its status reports it.
+// ownerState is an owner's readiness, as its pods show it.
 type ownerState struct {
 	// Ready is how many of its pods are Ready; Want how many it wants.
 	Ready, Want int
+	// Stale is how many of its pods have not been Ready for longer than a
+	// replacement may take (the pacing bound): a crash-looping or stuck pod,
+	// which explains part of a shortfall that no replacement will fill.
+	Stale int
+	// Unready holds its pods that are not Ready: taking one of them lowers
+	// no one's capacity.
+	Unready map[types.UID]bool
 	// Summary describes the owner for Events ("ReplicaSet web-6f9: 2 of 3 ready").
 	Summary string
 }
@@ -50,28 +58,15 @@ type pacer struct {
 	mu sync.Mutex
 	// reserved maps a pod being acted on to its owner, so two workers never
 	// both take the last slot of one owner.
-	reserved map[types.UID]reservation
+	reserved map[types.UID]types.UID
 	// held is the pods waiting for their owner, for the gauge.
 	held map[types.UID]struct{}
-	// readyAtTake is, per owner, how many of its pods were Ready when the
-	// deleter last took one: the next goes only once as many are Ready
-	// again, that is once a replacement is Ready. In memory: after a leader
-	// change the first pod of each owner goes without this gate (pods still
-	// terminating count all the same).
-	readyAtTake map[types.UID]int
 }
 
 func newPacer(budget int, maxDelay time.Duration, pods func(string) ([]metav1.Object, error),
 	taken func(types.UID) bool, read ownerReader) *pacer {
 	return &pacer{budget: budget, maxDelay: maxDelay, pods: pods, taken: taken, read: read,
-		reserved: map[types.UID]reservation{}, held: map[types.UID]struct{}{}, readyAtTake: map[types.UID]int{}}
-}
-
-// reservation is a pod being acted on.
-type reservation struct {
-	owner types.UID
-	// state is the owner's state when the pod was admitted, if read.
-	state *ownerState
+		reserved: map[types.UID]types.UID{}, held: map[types.UID]struct{}{}}
 }
 
 // verdict is pacing's answer for one due pod.
@@ -92,7 +87,7 @@ func (p *pacer) admit(ctx context.Context, pod metav1.Object, overdue time.Durat
 	if p == nil || p.budget < 0 || owner == nil {
 		return verdict{Go: true}, nil
 	}
-	wait, state, err := p.blocked(ctx, pod, *owner)
+	wait, err := p.blocked(ctx, pod, *owner)
 	if err != nil {
 		wait = fmt.Sprintf("cannot read its owner %s %s (%v)", owner.Kind, owner.Name, err)
 	}
@@ -114,35 +109,36 @@ func (p *pacer) admit(ctx context.Context, pod metav1.Object, overdue time.Durat
 		v.Forced = fmt.Sprintf("it waited the longest allowed (%s past its deadline) for its owner: %s", p.maxDelay, wait)
 	}
 	delete(p.held, pod.GetUID())
-	p.reserved[pod.GetUID()] = reservation{owner: owner.UID, state: state}
+	p.reserved[pod.GetUID()] = owner.UID
 	return v, nil
 }
 
-// blocked says why pod's owner cannot spare it now, or "" if it can, with
-// the owner's state when it has one.
-func (p *pacer) blocked(ctx context.Context, pod metav1.Object, owner metav1.OwnerReference) (string, *ownerState, error) {
+// blocked says why pod's owner cannot spare it now, or "" if it can.
+func (p *pacer) blocked(ctx context.Context, pod metav1.Object, owner metav1.OwnerReference) (string, error) {
 	p.mu.Lock()
 	n := p.inFlight(pod, owner)
-	before, took := p.readyAtTake[owner.UID]
 	p.mu.Unlock()
 	if n >= p.budget {
-		return fmt.Sprintf("%d of its %s %s's pods are already going (budget %d)", n, owner.Kind, owner.Name, p.budget), nil, nil
+		return fmt.Sprintf("%d of its %s %s's pods are already going (budget %d)", n, owner.Kind, owner.Name, p.budget), nil
 	}
 	state, err := p.read(ctx, pod.GetNamespace(), owner)
 	if err != nil || state == nil {
-		return "", nil, err
+		return "", err
 	}
-	// Pods the deleter took that are not replaced by a Ready pod yet. An
+	if state.Unready[pod.GetUID()] {
+		return "", nil // taking it lowers no one's capacity
+	}
+	// The owner's pods that are down: its shortfall from what it wants, less
+	// the part its stale pods explain (a stuck pod is its budget's
+	// business, not a replacement to wait for). What is left is a pod taken
+	// and not yet replaced by a Ready one, whoever took it: read from the
+	// cluster, not remembered, so a new leader paces as the old one did. An
 	// owner scaled down since wants fewer back.
-	missing := 0
-	if took {
-		missing = min(before, state.Want) - state.Ready
+	short := state.Want - state.Ready - state.Stale
+	if down := max(short, n); down >= p.budget {
+		return fmt.Sprintf("its owner has no Ready replacement yet (%s; budget %d)", state.Summary, p.budget), nil
 	}
-	if down := max(missing, n); down >= p.budget {
-		return fmt.Sprintf("its owner has no Ready replacement yet (%s, %d when exec-reaper last took one; budget %d)",
-			state.Summary, before, p.budget), state, nil
-	}
-	return "", state, nil
+	return "", nil
 }
 
 // inFlight counts owner's recorded pods, other than pod, that are going:
@@ -152,7 +148,7 @@ func (p *pacer) blocked(ctx context.Context, pod metav1.Object, owner metav1.Own
 func (p *pacer) inFlight(pod metav1.Object, owner metav1.OwnerReference) int {
 	n := 0
 	for uid, r := range p.reserved {
-		if r.owner == owner.UID && uid != pod.GetUID() {
+		if r == owner.UID && uid != pod.GetUID() {
 			n++
 		}
 	}
@@ -179,18 +175,15 @@ func (p *pacer) inFlight(pod metav1.Object, owner metav1.OwnerReference) int {
 	return n
 }
 
-// release ends pod's reservation, once its action returned; taken says the
-// action took the pod down, so its owner must be back to the Ready pods it
-// had before the next of its pods goes.
-func (p *pacer) release(pod types.UID, taken bool) {
+// release ends pod's reservation, once its action returned. A pod taken
+// stays counted: terminating, or taken but not yet seen terminating, and
+// then as its owner's shortfall until a replacement is Ready.
+func (p *pacer) release(pod types.UID) {
 	if p == nil {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if r, ok := p.reserved[pod]; ok && taken && r.state != nil {
-		p.readyAtTake[r.owner] = r.state.Ready
-	}
 	delete(p.reserved, pod)
 }
 
@@ -219,7 +212,7 @@ func (p *pacer) heldCount() int {
 // ReplicaSet, StatefulSet or ReplicationController (Ready of spec.replicas)
 // and a DaemonSet (Ready of the pods it wants scheduled). Jobs and other
 // controllers have no such status: only pods in flight count for them.
-func readOwner(client kubernetes.Interface) ownerReader {
+func readOwner(client kubernetes.Interface, clk clock.PassiveClock, staleAfter time.Duration) ownerReader {
 	return func(ctx context.Context, namespace string, owner metav1.OwnerReference) (*ownerState, error) {
 		ctx, cancel := context.WithTimeout(ctx, evictTimeout)
 		defer cancel()
@@ -261,40 +254,57 @@ func readOwner(client kubernetes.Interface) ownerReader {
 		case err != nil:
 			return nil, fmt.Errorf("reading %s %s/%s: %w", owner.Kind, namespace, owner.Name, err)
 		}
-		ready, err := readyPods(ctx, client, namespace, owner.UID, selector)
+		state, err := readyPods(ctx, client, namespace, owner.UID, selector, clk.Now().Add(-staleAfter))
 		if err != nil {
 			return nil, fmt.Errorf("counting the Ready pods of %s %s/%s: %w", owner.Kind, namespace, owner.Name, err)
 		}
-		return &ownerState{
-			Ready: ready, Want: int(want),
-			Summary: fmt.Sprintf("%s %s: %d of %d ready", owner.Kind, owner.Name, ready, want),
-		}, nil
+		state.Want = int(want)
+		state.Summary = fmt.Sprintf("%s %s: %d of %d ready", owner.Kind, owner.Name, state.Ready, want)
+		if state.Stale > 0 {
+			state.Summary += fmt.Sprintf(", %d not Ready for long", state.Stale)
+		}
+		return state, nil
 	}
 }
 
-// readyPods counts the owner's Ready pods that are not terminating, from the
-// pods themselves: the owner's status counts Ready pods too, but it lags, and
-// can still count a pod that was just evicted, which would let pacing take
-// the next pod before the first one's replacement is Ready.
-func readyPods(ctx context.Context, client kubernetes.Interface, namespace string, owner types.UID, selector labels.Selector) (int, error) {
+// readyPods counts the owner's pods that are not terminating, from the pods
+// themselves: Ready, and not Ready since before staleSince (or, never Ready,
+// created before it). The owner's status counts Ready pods too, but it lags,
+// and can still count a pod that was just evicted, which would let pacing
+// take the next pod before the first one's replacement is Ready.
+func readyPods(ctx context.Context, client kubernetes.Interface, namespace string, owner types.UID, selector labels.Selector, staleSince time.Time) (*ownerState, error) {
 	pods, err := client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: selector.String()})
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	n := 0
+	s := &ownerState{Unready: map[types.UID]bool{}}
 	for i := range pods.Items {
 		pod := &pods.Items[i]
 		if ref := metav1.GetControllerOfNoCopy(pod); ref == nil || ref.UID != owner || pod.DeletionTimestamp != nil {
 			continue
 		}
+		since := pod.CreationTimestamp.Time
+		ready := false
 		for _, c := range pod.Status.Conditions {
-			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
-				n++
+			if c.Type == corev1.PodReady {
+				ready = c.Status == corev1.ConditionTrue
+				if !c.LastTransitionTime.IsZero() {
+					since = c.LastTransitionTime.Time
+				}
 				break
 			}
 		}
+		switch {
+		case ready:
+			s.Ready++
+		case since.Before(staleSince):
+			s.Unready[pod.UID] = true
+			s.Stale++
+		default:
+			s.Unready[pod.UID] = true
+		}
 	}
-	return n, nil
+	return s, nil
 }
 
 // replicas reads spec.replicas, which defaults to 1.

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 )
 
@@ -65,7 +66,7 @@ func TestPacerOnePodOfAnOwnerAtATime(t *testing.T) {
 	}
 	// a was evicted: taken, then terminating in the cache.
 	w.taken[a.UID] = true
-	p.release(a.UID, true)
+	p.release(a.UID)
 	if v, _ := p.admit(ctx, b, 0); v.Go || !strings.Contains(v.Wait, "already going") {
 		t.Fatalf("second pod while the first is going: %+v, want it held for the first", v)
 	}
@@ -111,8 +112,8 @@ func TestPacerRefusedPodSetsNoGate(t *testing.T) {
 	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
 		t.Fatalf("first attempt: %+v, want it to go", v)
 	}
-	p.release(a.UID, false)
-	w.state = &ownerState{Ready: 0, Want: 1}
+	p.release(a.UID)
+	w.state = &ownerState{Ready: 1, Want: 1}
 	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
 		t.Fatalf("retry after a refusal: %+v, want it to go", v)
 	}
@@ -123,12 +124,12 @@ func TestPacerOwnerNeverReady(t *testing.T) {
 	// lowers no one's capacity. (A degraded owner is its
 	// PodDisruptionBudget's business.)
 	a, b := replica("a"), replica("b")
-	w := &pacingWorld{pods: []metav1.Object{a, b}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 0, Want: 2}}
+	w := &pacingWorld{pods: []metav1.Object{a, b}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 0, Want: 2, Unready: map[types.UID]bool{a.UID: true, b.UID: true}}}
 	p := w.pacer(1)
 	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
 		t.Fatalf("first pod: %+v, want it to go", v)
 	}
-	p.release(a.UID, true)
+	p.release(a.UID)
 	w.pods = []metav1.Object{b}
 	if v, _ := p.admit(context.Background(), b, 0); !v.Go {
 		t.Fatalf("second pod once the first is gone: %+v, want it to go", v)
@@ -142,7 +143,7 @@ func TestPacerOwnerScaledDown(t *testing.T) {
 	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
 		t.Fatalf("first pod: %+v, want it to go", v)
 	}
-	p.release(a.UID, true)
+	p.release(a.UID)
 	w.pods = []metav1.Object{b}
 	w.state = &ownerState{Ready: 2, Want: 2}
 	if v, _ := p.admit(context.Background(), b, 0); !v.Go {
@@ -157,7 +158,7 @@ func TestPacerBoundedDelay(t *testing.T) {
 	if v, _ := p.admit(context.Background(), a, 0); !v.Go {
 		t.Fatalf("first pod: %+v, want it to go", v)
 	}
-	p.release(a.UID, true)
+	p.release(a.UID)
 	w.pods = []metav1.Object{b}
 	w.state = &ownerState{Ready: 2, Want: 3, Summary: "2 of 3 ready"}
 	if v, _ := p.admit(context.Background(), b, time.Minute-time.Second); v.Go {
@@ -227,7 +228,7 @@ func TestReadOwner(t *testing.T) {
 			Status: appsv1.DaemonSetStatus{DesiredNumberScheduled: 1, NumberReady: 1}},
 		readyOf("agent-1", "DaemonSet", "agent", "uid-agent", map[string]string{"app": "agent"}, false),
 	)
-	read := readOwner(client)
+	read := readOwner(client, clocktesting.NewFakeClock(time.Unix(10_000, 0)), time.Minute)
 	ctx := context.Background()
 	rs, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web", UID: "uid-web"})
 	if err != nil || rs == nil || rs.Ready != 2 || rs.Want != 3 || rs.Summary != "ReplicaSet web: 2 of 3 ready" {
@@ -248,5 +249,69 @@ func TestReadOwner(t *testing.T) {
 	job, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "batch/v1", Kind: "Job", Name: "j"})
 	if err != nil || job != nil {
 		t.Errorf("Job: %+v, %v; want no state", job, err)
+	}
+}
+
+// TestPacerNewLeaderPaces: pacing reads the owner's shortfall from the
+// cluster, not from memory: a pacer that never took a pod of the owner (a
+// new leader after a failover, while the old leader's eviction is not yet
+// replaced) holds the next pod, and lets it go once the replacement is
+// Ready. A shortfall that stale pods explain (not Ready for longer than a
+// replacement may take) holds nothing.
+func TestPacerNewLeaderPaces(t *testing.T) {
+	b := replica("b")
+	w := &pacingWorld{pods: []metav1.Object{b}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 2, Want: 3, Summary: "ReplicaSet o: 2 of 3 ready"}}
+	p := w.pacer(1)
+	ctx := context.Background()
+	if v, _ := p.admit(ctx, b, 0); v.Go || !strings.Contains(v.Wait, "no Ready replacement") {
+		t.Fatalf("a new leader, the owner one short: %+v, want it held", v)
+	}
+	w.state = &ownerState{Ready: 2, Want: 3, Stale: 1, Summary: "ReplicaSet o: 2 of 3 ready, 1 not Ready for long"}
+	if v, _ := p.admit(ctx, b, 0); !v.Go {
+		t.Fatalf("the owner one short, explained by a stale pod: %+v, want it to go", v)
+	}
+	w.state = &ownerState{Ready: 3, Want: 3}
+	if v, _ := p.admit(ctx, b, 0); !v.Go {
+		t.Fatalf("the replacement Ready: %+v, want it to go", v)
+	}
+}
+
+// TestReadOwnerStaleAndUnready: a pod not Ready for longer than the bound is
+// stale; a starting one (not Ready lately, or never Ready and young) is not;
+// both are unready.
+func TestReadOwnerStaleAndUnready(t *testing.T) {
+	now := time.Unix(10_000, 0)
+	three := int32(3)
+	web := map[string]string{"app": "web"}
+	pod := func(name string, created time.Time, ready *bool, since time.Time) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", UID: types.UID("uid-" + name), Labels: web,
+			CreationTimestamp: metav1.NewTime(created),
+			OwnerReferences:   []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web", UID: "uid-web", Controller: ptr.To(true)}}}}
+		if ready != nil {
+			status := corev1.ConditionFalse
+			if *ready {
+				status = corev1.ConditionTrue
+			}
+			p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: status, LastTransitionTime: metav1.NewTime(since)}}
+		}
+		return p
+	}
+	long, lately := now.Add(-time.Hour), now.Add(-10*time.Second)
+	client := fake.NewClientset(
+		&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "ns", UID: "uid-web"},
+			Spec: appsv1.ReplicaSetSpec{Replicas: &three, Selector: &metav1.LabelSelector{MatchLabels: web}}},
+		pod("ready", long, ptr.To(true), long),
+		pod("crashing", long, ptr.To(false), long),
+		pod("starting", lately, ptr.To(false), lately),
+		pod("pending-old", long, nil, time.Time{}),
+		pod("pending-new", lately, nil, time.Time{}),
+	)
+	s, err := readOwner(client, clocktesting.NewFakeClock(now), time.Minute)(context.Background(), "ns",
+		metav1.OwnerReference{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web", UID: "uid-web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Ready != 1 || s.Stale != 2 || len(s.Unready) != 4 || s.Unready["uid-ready"] || !strings.Contains(s.Summary, "2 not Ready for long") {
+		t.Errorf("state %+v, want 1 Ready, 2 stale (crashing, pending-old), 4 unready", s)
 	}
 }

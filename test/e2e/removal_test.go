@@ -441,10 +441,63 @@ func TestRemovalTwoBudgetsGivesUpVisibly(t *testing.T) {
 // only that the policy exists and selects it.
 func TestRemovalQuarantine(t *testing.T) {
 	ns := namespace(t, "e2e-quarantine")
-	ctx := context.Background()
-	labels := map[string]string{"app": "forensics"}
 	restartDeleters(t, []string{"deleter.action=quarantine", "deleter.quarantineRetention=" + quarantineRetention.String()},
 		map[string]string{"action": "quarantine", "quarantine-retention": quarantineRetention.String()})
+	rec := checkQuarantine(t, ns)
+	if rec.Action != record.ActionEvict {
+		t.Errorf("record asks for %q, want evict (no constraint asked for more; the deleter quarantines all the same)", rec.Action)
+	}
+}
+
+// TestRemovalQuarantineAskedByConstraint: the deleters evict, and allow
+// quarantine for the constraints that ask for it. In one namespace the
+// suite's default constraint (ttl 5 s, evict) and one asking for quarantine
+// (ttl 45 s) both match: the entered pod is quarantined, as the stricter
+// asked, at the default's deadline, the earlier. In another namespace, under
+// the default constraint alone, an entered pod is evicted by the same
+// deleters.
+func TestRemovalQuarantineAskedByConstraint(t *testing.T) {
+	ns := namespace(t, "e2e-quarantine-asked")
+	other := namespace(t, "e2e-quarantine-other")
+	restartDeleters(t, []string{"deleter.allowQuarantine=true", "deleter.quarantineRetention=" + quarantineRetention.String()},
+		map[string]string{"allow-quarantine": "true", "quarantine-retention": quarantineRetention.String()})
+	constraint(t, "e2e-quarantine", ns, "warn", map[string]any{"ttl": "45s", "action": "quarantine"})
+
+	plain := nodePod(t, other, "plain", map[string]string{"app": "plain"}, nil)
+	plainEnded := watchTermination(t, plain)
+	kubectlOK(t, aliceKubeconfig, "exec", "-n", other, plain.Name, "-c", "app", "--", "true")
+	if rec := waitRecord(t, plain); rec.Action != record.ActionEvict {
+		t.Errorf("the pod under the default constraint alone: record asks for %q, want evict", rec.Action)
+	}
+
+	rec := checkQuarantine(t, ns)
+	if rec.Action != record.ActionQuarantine {
+		t.Errorf("record asks for %q, want quarantine (one of the two matching constraints asked for it)", rec.Action)
+	}
+	if got := recordedTTL(rec); got != TTL {
+		t.Errorf("deadline %s after the entry, want %s: the earlier of the two constraints' ttls", got, TTL)
+	}
+
+	if _, ok := plainEnded(evictionTimeout + nodeGracePeriod*time.Second); !ok {
+		t.Fatal("the pod under the default constraint was not removed")
+	}
+	if evs := events(t, plain, deleter.ReasonEvicted); len(evs) != 1 {
+		t.Errorf("the pod under the default constraint: %d Evicted events, want 1 (evicted, not quarantined)", len(evs))
+	}
+	if evs := events(t, plain, deleter.ReasonQuarantined); len(evs) != 0 {
+		t.Errorf("the pod under the default constraint was quarantined: %+v", evs)
+	}
+}
+
+// checkQuarantine enters one of two replicas of a Deployment behind a
+// Service in ns and checks, on the node, that the deleters quarantine it:
+// it leaves its ReplicaSet and its Service at once and keeps running, a
+// replacement starts, a NetworkPolicy selects it, and it is deleted when its
+// retention ends. It returns the pod's record.
+func checkQuarantine(t *testing.T, ns string) record.Record {
+	t.Helper()
+	ctx := context.Background()
+	labels := map[string]string{"app": "forensics"}
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "forensics", Namespace: ns},
 		Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(webPort)}}},
@@ -520,6 +573,7 @@ func TestRemovalQuarantine(t *testing.T) {
 		_, err := c.Client().NetworkingV1().NetworkPolicies(ns).Get(ctx, q.NetworkPolicy, metav1.GetOptions{})
 		return apierrors.IsNotFound(err), nil
 	})
+	return rec
 }
 
 // restartDeleters grants the deleters the chart's ClusterRole for values
