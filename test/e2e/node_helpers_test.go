@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -257,7 +258,9 @@ type termination struct {
 }
 
 // watchTermination starts watching pod and returns a function that waits
-// until the pod is deleted (not only marked) and reports how it ended.
+// until the pod is deleted (not only marked) and reports how it ended. The
+// events are read as they arrive, so the times are when they happened even
+// when the caller waits for other pods first.
 func watchTermination(t *testing.T, pod *corev1.Pod) func(timeout time.Duration) (termination, bool) {
 	t.Helper()
 	w, err := c.Client().CoreV1().Pods(pod.Namespace).Watch(context.Background(), metav1.ListOptions{
@@ -268,37 +271,56 @@ func watchTermination(t *testing.T, pod *corev1.Pod) func(timeout time.Duration)
 		t.Fatal(err)
 	}
 	t.Cleanup(w.Stop)
-	return func(timeout time.Duration) (termination, bool) {
-		var tm termination
-		timer := time.NewTimer(timeout)
-		defer timer.Stop()
-		for {
-			select {
-			case ev, ok := <-w.ResultChan():
-				if !ok {
-					t.Fatalf("watch on %s closed", pod.Name)
+	var (
+		mu     sync.Mutex
+		tm     termination
+		gone   = make(chan struct{})
+		closed = make(chan struct{})
+	)
+	go func() {
+		defer close(closed)
+		for ev := range w.ResultChan() {
+			p, _ := ev.Object.(*corev1.Pod)
+			if p == nil || p.UID != pod.UID {
+				continue
+			}
+			mu.Lock()
+			if p.DeletionTimestamp != nil && tm.MarkedAt.IsZero() {
+				tm.MarkedAt = time.Now()
+				tm.Grace = ptr.Deref(p.DeletionGracePeriodSeconds, -1)
+			}
+			for _, cs := range p.Status.ContainerStatuses {
+				if cs.Name == "app" && cs.State.Terminated != nil {
+					tm.App = cs.State.Terminated
 				}
-				p, _ := ev.Object.(*corev1.Pod)
-				if p == nil || p.UID != pod.UID {
-					continue
-				}
-				if p.DeletionTimestamp != nil && tm.MarkedAt.IsZero() {
-					tm.MarkedAt = time.Now()
-					tm.Grace = ptr.Deref(p.DeletionGracePeriodSeconds, -1)
-				}
-				for _, cs := range p.Status.ContainerStatuses {
-					if cs.Name == "app" && cs.State.Terminated != nil {
-						tm.App = cs.State.Terminated
-					}
-				}
-				if ev.Type == watch.Deleted {
-					tm.GoneAt = time.Now()
-					return tm, true
-				}
-			case <-timer.C:
-				return tm, false
+			}
+			deleted := ev.Type == watch.Deleted
+			if deleted {
+				tm.GoneAt = time.Now()
+			}
+			mu.Unlock()
+			if deleted {
+				close(gone)
+				return
 			}
 		}
+	}()
+	return func(timeout time.Duration) (termination, bool) {
+		timer := time.NewTimer(timeout)
+		defer timer.Stop()
+		select {
+		case <-gone:
+		case <-closed:
+			select {
+			case <-gone: // closed after gone
+			default:
+				t.Fatalf("watch on %s closed", pod.Name)
+			}
+		case <-timer.C:
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return tm, !tm.GoneAt.IsZero()
 	}
 }
 
