@@ -34,6 +34,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -368,7 +369,9 @@ func waitEviction(ctx context.Context, c *cluster.Cluster, pod *corev1.Pod, dead
 		return fixture.Termination{}, err
 	}
 	defer w.Stop()
-	// The countdown ends at the deadline, and the eviction comes after it.
+	// The countdown runs until the deadline or the eviction, whichever
+	// comes first.
+	var evicted atomic.Bool
 	countdown, stop := context.WithCancel(ctx)
 	defer stop()
 	go func() {
@@ -379,13 +382,16 @@ func waitEviction(ctx context.Context, c *cluster.Cluster, pod *corev1.Pod, dead
 			case <-countdown.Done():
 				return
 			case <-tick.C:
-				if left := int(time.Until(deadline).Round(time.Second).Seconds()); left > 0 && (left%5 == 0 || left <= 3) {
+				if left := int(time.Until(deadline).Round(time.Second).Seconds()); !evicted.Load() && left > 0 && (left%5 == 0 || left <= 3) {
 					fmt.Printf("    %2ds left\n", left)
 				}
 			}
 		}
 	}()
-	end, err := w.Until(ctx, time.Until(deadline)+30*time.Second+gracePeriod*time.Second, fixture.Deleted)
+	end, err := w.Until(ctx, time.Until(deadline)+30*time.Second+gracePeriod*time.Second, func(t fixture.Termination) bool {
+		evicted.Store(!t.MarkedAt.IsZero())
+		return fixture.Deleted(t)
+	})
 	if errors.Is(err, fixture.ErrNotYet) {
 		return end, errors.New("pod not evicted and gone 30s after its deadline")
 	}
