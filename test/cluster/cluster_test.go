@@ -12,14 +12,13 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
+
+	"github.com/exec-reaper/exec-reaper/test/fixture"
 )
 
 // Deadlines for the steps of the tests, beyond those of Start.
@@ -82,10 +81,8 @@ func (w testWriter) Write(p []byte) (int, error) {
 // poll calls cond every testPoll until it returns true or timeout passes.
 func poll(t *testing.T, what string, timeout time.Duration, cond func(ctx context.Context) (bool, error)) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), timeout)
-	defer cancel()
-	if err := wait.PollUntilContextCancel(ctx, testPoll, true, cond); err != nil {
-		t.Fatalf("%s: %v", what, err)
+	if err := fixture.PollEvery(t.Context(), what, testPoll, timeout, cond); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -95,26 +92,18 @@ func deployApp(t *testing.T, c *Cluster) *corev1.Pod {
 	t.Helper()
 	ctx := t.Context()
 	cs := c.Client()
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testNamespace}}, metav1.CreateOptions{}); err != nil {
+	// The pod waits for the namespace's default ServiceAccount itself
+	// (podCreatedTimeout covers that).
+	if err := fixture.Namespace(ctx, cs, testNamespace, 0); err != nil {
 		t.Fatal(err)
 	}
 	labels := map[string]string{"app": "demo"}
-	_, err := cs.AppsV1().Deployments(testNamespace).Create(ctx, &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "demo"},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To[int32](1),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				// Never pulled: there is no kubelet.
-				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/app:1"}}},
-			},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
+	// Never pulled: there is no kubelet.
+	spec := corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/app:1"}}}
+	if err := fixture.Deployment(ctx, cs, testNamespace, "demo", 1, labels, spec); err != nil {
 		t.Fatal(err)
 	}
-	_, err = cs.PolicyV1().PodDisruptionBudgets(testNamespace).Create(ctx, &policyv1.PodDisruptionBudget{
+	_, err := cs.PolicyV1().PodDisruptionBudgets(testNamespace).Create(ctx, &policyv1.PodDisruptionBudget{
 		ObjectMeta: metav1.ObjectMeta{Name: "demo"},
 		Spec: policyv1.PodDisruptionBudgetSpec{
 			MinAvailable: ptr.To(intstr.FromInt32(1)),
@@ -125,23 +114,19 @@ func deployApp(t *testing.T, c *Cluster) *corev1.Pod {
 		t.Fatal(err)
 	}
 
-	var pod corev1.Pod
 	begin := time.Now()
-	poll(t, "waiting for the Deployment's pod", podCreatedTimeout, func(ctx context.Context) (bool, error) {
-		pods, err := cs.CoreV1().Pods(testNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=demo"})
-		if err != nil || len(pods.Items) == 0 {
-			return false, nil
-		}
-		pod = pods.Items[0]
-		return true, nil
-	})
+	pods, err := fixture.WaitPods(ctx, cs, testNamespace, labels, 1, fixture.Wait{Timeout: podCreatedTimeout, Interval: testPoll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := pods[0]
 	t.Logf("pod %s created %s after the Deployment; phase %s, node %q",
 		pod.Name, time.Since(begin).Round(time.Millisecond), pod.Status.Phase, pod.Spec.NodeName)
 	if pod.Status.Phase != corev1.PodPending || pod.Spec.NodeName != "" {
 		t.Errorf("pod %s: phase %s on node %q, want Pending and unscheduled", pod.Name, pod.Status.Phase, pod.Spec.NodeName)
 	}
 
-	poll(t, "waiting for the disruption controller to compute the PDB", pdbStatusTimeout, func(ctx context.Context) (bool, error) {
+	poll(t, "the disruption controller to compute the PDB", pdbStatusTimeout, func(ctx context.Context) (bool, error) {
 		pdb, err := cs.PolicyV1().PodDisruptionBudgets(testNamespace).Get(ctx, "demo", metav1.GetOptions{})
 		if err != nil {
 			return false, nil
@@ -151,45 +136,23 @@ func deployApp(t *testing.T, c *Cluster) *corev1.Pod {
 	return &pod
 }
 
-// execUser returns a kubeconfig for testUser, allowed to exec into pods of
-// testNamespace and nothing else.
+// execUser returns a kubeconfig for testUser, with a developer's rights
+// (fixture.DeveloperRules) in testNamespace and nothing else.
 func execUser(t *testing.T, c *Cluster) string {
 	t.Helper()
 	ctx := t.Context()
-	cs := c.Client()
-	_, err := cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "exec-test"},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
-			// kubectl tries a websocket first (a GET, which with the
-			// AuthorizePodWebsocketUpgradeCreatePermission feature, on by
-			// default in v1.36, needs create as well as get), then falls
-			// back to SPDY (a POST: create) when that fails. With create alone the websocket attempt is
-			// refused by RBAC before admission and only the fallback is
-			// admitted; with both, each kubectl exec is admitted twice.
-			{APIGroups: []string{""}, Resources: []string{"pods/exec", "pods/attach"}, Verbs: []string{"get", "create"}},
-			{APIGroups: []string{""}, Resources: []string{"pods/ephemeralcontainers"}, Verbs: []string{"patch"}},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = cs.RbacV1().RoleBindings(testNamespace).Create(ctx, &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "exec-test"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "exec-test"},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: testUser}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig, err := c.Kubeconfig("alice", testUser, testGroup)
+	kubeconfig, err := fixture.Developer{
+		Role:       "exec-test",
+		Namespace:  testNamespace,
+		Kubeconfig: "alice",
+		User:       testUser,
+		Groups:     []string{testGroup},
+	}.Grant(ctx, c.Client(), c.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The identity the API server sees is the certificate's.
-	ctx, cancel := context.WithTimeout(ctx, kubectlTimeout)
-	defer cancel()
-	out, _, err := c.Kubectl(ctx, kubeconfig, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username} {.status.userInfo.groups}")
+	out, _, err := fixture.Kubectl(ctx, c.Kubectl, kubectlTimeout, kubeconfig, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username} {.status.userInfo.groups}")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,9 +166,7 @@ func execUser(t *testing.T, c *Cluster) string {
 // it always fails, because the pod has no node.
 func kubectlExec(t *testing.T, c *Cluster, kubeconfig string, pod *corev1.Pod) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), kubectlTimeout)
-	defer cancel()
-	stdout, stderr, err := c.Kubectl(ctx, kubeconfig, "exec", "-n", pod.Namespace, pod.Name, "--", "sh", "-c", "true")
+	stdout, stderr, err := fixture.KubectlExec(t.Context(), c.Kubectl, kubectlTimeout, kubeconfig, pod, "", "sh", "-c", "true")
 	if err == nil {
 		t.Fatalf("kubectl exec into a pod without a node succeeded: stdout %q stderr %q", stdout, stderr)
 	}
@@ -317,7 +278,7 @@ func TestGatekeeperConnect(t *testing.T) {
 	}
 	t.Logf("constraint CRD established %s after the template was applied", time.Since(begin).Round(time.Millisecond))
 	var lastErr error
-	poll(t, "applying the constraint", constraintAppliedTimeout, func(ctx context.Context) (bool, error) {
+	poll(t, "the constraint to apply", constraintAppliedTimeout, func(ctx context.Context) (bool, error) {
 		ctx, cancel := context.WithTimeout(ctx, kubectlTimeout)
 		defer cancel()
 		lastErr = c.ApplyFile(ctx, "", constraintFile)
@@ -329,7 +290,7 @@ func TestGatekeeperConnect(t *testing.T) {
 	t.Logf("constraint applied %s after the template", time.Since(begin).Round(time.Millisecond))
 
 	want := fmt.Sprintf("[deny-exec-test] exec-reaper test policy: no exec into %s/%s for %s", pod.Namespace, pod.Name, testUser)
-	poll(t, "waiting for Gatekeeper to deny kubectl exec", enforcedTimeout, func(ctx context.Context) (bool, error) {
+	poll(t, "Gatekeeper to deny kubectl exec", enforcedTimeout, func(ctx context.Context) (bool, error) {
 		stderr = kubectlExec(t, c, alice, pod)
 		return strings.Contains(stderr, want), nil
 	})

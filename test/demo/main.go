@@ -34,23 +34,20 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/provider"
 	"github.com/exec-reaper/exec-reaper/record"
 	"github.com/exec-reaper/exec-reaper/test/cluster"
+	"github.com/exec-reaper/exec-reaper/test/fixture"
 	"github.com/exec-reaper/exec-reaper/test/install"
 )
 
@@ -67,6 +64,9 @@ const (
 	// gracePeriod is the pods' terminationGracePeriodSeconds.
 	gracePeriod = 10
 )
+
+// webLabels label the web Deployment's pods.
+var webLabels = map[string]string{"app": "web"}
 
 func main() {
 	up := flag.Bool("up", false, "leave the cluster running in the background")
@@ -227,7 +227,7 @@ func demo(ctx context.Context, s state, root string, serve bool) (err error) {
 	cmd := fmt.Sprintf("echo '%s' > %s/index.html; cat %s/index.html", hotfix, cluster.BusyboxWebRoot, cluster.BusyboxWebRoot)
 	say("%s hot-fixes the page in the running container:", demoUser)
 	show("", fmt.Sprintf("kubectl exec -n %s %s -- sh -c %q", demoNS, pod.Name, cmd))
-	stdout, stderr, err := c.Kubectl(ctx, kubeconfig, "exec", "-n", demoNS, pod.Name, "-c", "app", "--", "sh", "-c", cmd)
+	stdout, stderr, err := fixture.KubectlExec(ctx, c.Kubectl, 0, kubeconfig, pod, "app", "sh", "-c", cmd)
 	if err != nil {
 		return fmt.Errorf("kubectl exec: %w", err)
 	}
@@ -245,7 +245,7 @@ func demo(ctx context.Context, s state, root string, serve bool) (err error) {
 
 	say("The record exec-reaper wrote on the pod")
 	var rec record.Record
-	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+	err = fixture.Poll(ctx, "the record on the pod", 10*time.Second, func(ctx context.Context) (bool, error) {
 		p, err := c.Client().CoreV1().Pods(demoNS).Get(ctx, pod.Name, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
@@ -254,7 +254,7 @@ func demo(ctx context.Context, s state, root string, serve bool) (err error) {
 		return err == nil, nil
 	})
 	if err != nil {
-		return fmt.Errorf("no record on the pod: %w", err)
+		return err
 	}
 	showRecord(ctx, c, pod.Name)
 
@@ -268,14 +268,14 @@ func demo(ctx context.Context, s state, root string, serve bool) (err error) {
 	}
 	show("kubectl: ", stderr)
 	var logs string
-	_ = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+	_ = fixture.PollEvery(ctx, "the debugger's output", 200*time.Millisecond, 30*time.Second, func(ctx context.Context) (bool, error) {
 		logs, _, err = c.Kubectl(ctx, "", "logs", "-n", demoNS, pod.Name, "-c", "debugger")
 		return err == nil && logs != "", nil
 	})
 	show("debugger: ", logs)
 	show("", "(kubectl debug is a plain PATCH, so kubectl prints the admission warning. The second entry")
 	show("", " is recorded too, and the deadline stays where the first entry put it.)")
-	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+	err = fixture.Poll(ctx, "the debug entry to be recorded with the same deadline", 10*time.Second, func(ctx context.Context) (bool, error) {
 		p, err := c.Client().CoreV1().Pods(demoNS).Get(ctx, pod.Name, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
@@ -284,13 +284,13 @@ func demo(ctx context.Context, s state, root string, serve bool) (err error) {
 		return err == nil && r.Entries >= 2 && r.Deadline.Equal(rec.Deadline), nil
 	})
 	if err != nil {
-		return fmt.Errorf("the debug entry was not recorded with the same deadline: %w", err)
+		return err
 	}
 	showRecord(ctx, c, pod.Name)
 
 	say("The Events on the pod (kubectl get events -n %s)", demoNS)
 	var msgs []string
-	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+	err = fixture.Poll(ctx, "the Events on the pod", 10*time.Second, func(ctx context.Context) (bool, error) {
 		evs, err := c.Client().CoreV1().Events(demoNS).List(ctx, metav1.ListOptions{FieldSelector: "reason=" + provider.ReasonEntered})
 		if err != nil || len(evs.Items) < 2 {
 			return false, nil
@@ -302,7 +302,7 @@ func demo(ctx context.Context, s state, root string, serve bool) (err error) {
 		return true, nil
 	})
 	if err != nil {
-		return fmt.Errorf("no Events: %w", err)
+		return err
 	}
 	show("", strings.Join(msgs, "\n"))
 
@@ -311,9 +311,14 @@ func demo(ctx context.Context, s state, root string, serve bool) (err error) {
 	if err != nil {
 		return err
 	}
-	show("", fmt.Sprintf("pod %s evicted %s after its deadline, through the Eviction API;", pod.Name, end.evicted.Sub(rec.Deadline).Round(time.Millisecond)))
+	var exitCode int32
+	var message string
+	if end.App != nil {
+		exitCode, message = end.App.ExitCode, end.App.Message
+	}
+	show("", fmt.Sprintf("pod %s evicted %s after its deadline, through the Eviction API;", pod.Name, end.MarkedAt.Sub(rec.Deadline).Round(time.Millisecond)))
 	show("", fmt.Sprintf("the kubelet sent SIGTERM, the container said %q and exited %d; pod gone %s after the deadline",
-		strings.TrimSpace(end.message), end.exitCode, end.gone.Sub(rec.Deadline).Round(time.Millisecond)))
+		strings.TrimSpace(message), exitCode, end.GoneAt.Sub(rec.Deadline).Round(time.Millisecond)))
 
 	repl, err := replacement(ctx, c, pod.UID)
 	if err != nil {
@@ -323,7 +328,7 @@ func demo(ctx context.Context, s state, root string, serve bool) (err error) {
 	if err != nil {
 		return err
 	}
-	readyAt := readyTime(repl)
+	readyAt := fixture.ReadyTime(repl)
 	show("", fmt.Sprintf("the Deployment replaced it with %s, Ready %s after the deadline, fresh from its image and with no record:",
 		repl.Name, readyAt.Sub(rec.Deadline).Round(time.Second)))
 	show("    GET / → ", page)
@@ -356,95 +361,52 @@ func demo(ctx context.Context, s state, root string, serve bool) (err error) {
 	return nil
 }
 
-// ending is how the evicted pod ended.
-type ending struct {
-	evicted, gone time.Time
-	exitCode      int32
-	message       string
-}
-
 // waitEviction counts down to the deadline and follows the pod until it is
 // deleted.
-func waitEviction(ctx context.Context, c *cluster.Cluster, pod *corev1.Pod, deadline time.Time) (ending, error) {
-	var end ending
-	w, err := c.Client().CoreV1().Pods(demoNS).Watch(ctx, metav1.ListOptions{
-		FieldSelector:   fields.OneTermEqualSelector("metadata.name", pod.Name).String(),
-		ResourceVersion: pod.ResourceVersion,
-	})
+func waitEviction(ctx context.Context, c *cluster.Cluster, pod *corev1.Pod, deadline time.Time) (fixture.Termination, error) {
+	w, err := fixture.WatchPod(ctx, c.Client(), pod, "app")
 	if err != nil {
-		return end, err
+		return fixture.Termination{}, err
 	}
 	defer w.Stop()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	tooLate := time.NewTimer(time.Until(deadline) + 30*time.Second + gracePeriod*time.Second)
-	defer tooLate.Stop()
-	for end.gone.IsZero() {
-		select {
-		case <-ctx.Done():
-			return end, ctx.Err()
-		case <-tick.C:
-			if left := int(time.Until(deadline).Round(time.Second).Seconds()); end.evicted.IsZero() && left > 0 && (left%5 == 0 || left <= 3) {
-				fmt.Printf("    %2ds left\n", left)
-			}
-		case ev, ok := <-w.ResultChan():
-			if !ok {
-				return end, errors.New("watch closed")
-			}
-			p, _ := ev.Object.(*corev1.Pod)
-			if p == nil || p.UID != pod.UID {
-				continue
-			}
-			if p.DeletionTimestamp != nil && end.evicted.IsZero() {
-				end.evicted = time.Now()
-			}
-			for _, cs := range p.Status.ContainerStatuses {
-				if cs.Name == "app" && cs.State.Terminated != nil {
-					end.exitCode, end.message = cs.State.Terminated.ExitCode, cs.State.Terminated.Message
+	// The countdown runs until the deadline or the eviction, whichever
+	// comes first.
+	var evicted atomic.Bool
+	countdown, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-countdown.Done():
+				return
+			case <-tick.C:
+				if left := int(time.Until(deadline).Round(time.Second).Seconds()); !evicted.Load() && left > 0 && (left%5 == 0 || left <= 3) {
+					fmt.Printf("    %2ds left\n", left)
 				}
 			}
-			if ev.Type == watch.Deleted {
-				end.gone = time.Now()
-			}
-		case <-tooLate.C:
-			return end, errors.New("pod not evicted and gone 30s after its deadline")
 		}
+	}()
+	end, err := w.Until(ctx, time.Until(deadline)+30*time.Second+gracePeriod*time.Second, func(t fixture.Termination) bool {
+		evicted.Store(!t.MarkedAt.IsZero())
+		return fixture.Deleted(t)
+	})
+	if errors.Is(err, fixture.ErrNotYet) {
+		return end, errors.New("pod not evicted and gone 30s after its deadline")
 	}
-	return end, nil
+	return end, err
 }
 
 // replacement waits for the Deployment's new pod to be Ready.
 func replacement(ctx context.Context, c *cluster.Cluster, old types.UID) (*corev1.Pod, error) {
-	var repl *corev1.Pod
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
-		list, err := c.Client().CoreV1().Pods(demoNS).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
-		if err != nil {
-			return false, nil
-		}
-		for i, p := range list.Items {
-			if p.UID != old && p.DeletionTimestamp == nil && !readyTime(&p).IsZero() {
-				repl = &list.Items[i]
-				return true, nil
-			}
-		}
-		return false, nil
+	pods, err := fixture.WaitPods(ctx, c.Client(), demoNS, webLabels, 1, fixture.Wait{
+		Ready: true, Exclude: map[string]bool{string(old): true}, Timeout: 90 * time.Second, Interval: 100 * time.Millisecond,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("no Ready replacement pod: %w", err)
 	}
-	return repl, nil
-}
-
-func readyTime(p *corev1.Pod) time.Time {
-	if p.Status.Phase != corev1.PodRunning {
-		return time.Time{}
-	}
-	for _, cond := range p.Status.Conditions {
-		if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
-			return cond.LastTransitionTime.Time
-		}
-	}
-	return time.Time{}
+	return &pods[0], nil
 }
 
 // get fetches the page a pod serves; the node's bridge routes the pod
@@ -506,82 +468,42 @@ func showRecord(ctx context.Context, c *cluster.Cluster, name string) {
 
 // developer grants alice a developer's rights and returns her kubeconfig.
 func developer(ctx context.Context, c *cluster.Cluster) (string, error) {
-	rbac := c.Client().RbacV1()
-	_, err := rbac.ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "developer"},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods", "pods/log", "events"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"get", "list"}},
-			{APIGroups: []string{""}, Resources: []string{"pods/exec", "pods/attach", "pods/portforward"}, Verbs: []string{"get", "create"}},
-			{APIGroups: []string{""}, Resources: []string{"pods/ephemeralcontainers"}, Verbs: []string{"get", "patch"}},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return "", err
-	}
-	_, err = rbac.ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "developer"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "developer"},
-		Subjects:   []rbacv1.Subject{{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: demoUser}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return "", err
-	}
-	return c.Kubeconfig("alice", demoUser, "dev", "system:authenticated")
+	return fixture.Developer{
+		Role:       "developer",
+		Kubeconfig: "alice",
+		User:       demoUser,
+		Groups:     []string{"dev", "system:authenticated"},
+	}.Grant(ctx, c.Client(), c.Kubeconfig)
 }
 
 // deploy creates the web Deployment and returns its pod once Ready.
 func deploy(ctx context.Context, c *cluster.Cluster) (*corev1.Pod, error) {
-	if _, err := c.Client().CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: demoNS}}, metav1.CreateOptions{}); err != nil {
+	if err := fixture.Namespace(ctx, c.Client(), demoNS, 0); err != nil {
 		return nil, err
 	}
-	labels := map[string]string{"app": "web"}
 	script := fmt.Sprintf(`trap 'echo "stopping on SIGTERM" > /dev/termination-log; exit 0' TERM; httpd -f -p %d -h %s & wait`,
 		webPort, cluster.BusyboxWebRoot)
-	d := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: demoNS},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To[int32](1),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					Containers: []corev1.Container{{
-						Name: "app", Image: cluster.BusyboxImage, ImagePullPolicy: corev1.PullNever,
-						Command: []string{"sh", "-c", script},
-						Ports:   []corev1.ContainerPort{{Name: "http", ContainerPort: webPort}},
-						ReadinessProbe: &corev1.Probe{
-							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(webPort)}},
-							PeriodSeconds: 1,
-						},
-					}},
-					TerminationGracePeriodSeconds: ptr.To[int64](gracePeriod),
-					AutomountServiceAccountToken:  ptr.To(false),
-				},
+	spec := corev1.PodSpec{
+		Containers: []corev1.Container{{
+			Name: "app", Image: cluster.BusyboxImage, ImagePullPolicy: corev1.PullNever,
+			Command: []string{"sh", "-c", script},
+			Ports:   []corev1.ContainerPort{{Name: "http", ContainerPort: webPort}},
+			ReadinessProbe: &corev1.Probe{
+				ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(webPort)}},
+				PeriodSeconds: 1,
 			},
-		},
+		}},
+		TerminationGracePeriodSeconds: ptr.To[int64](gracePeriod),
+		AutomountServiceAccountToken:  ptr.To(false),
 	}
-	if _, err := c.Client().AppsV1().Deployments(demoNS).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+	if err := fixture.Deployment(ctx, c.Client(), demoNS, "web", 1, webLabels, spec); err != nil {
 		return nil, err
 	}
-	var pod *corev1.Pod
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
-		list, err := c.Client().CoreV1().Pods(demoNS).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
-		if err != nil {
-			return false, nil
-		}
-		for i := range list.Items {
-			if !readyTime(&list.Items[i]).IsZero() {
-				pod = &list.Items[i]
-				return true, nil
-			}
-		}
-		return false, nil
-	})
+	pods, err := fixture.WaitPods(ctx, c.Client(), demoNS, webLabels, 1, fixture.Wait{Ready: true, Timeout: 90 * time.Second, Interval: 100 * time.Millisecond})
 	if err != nil {
 		return nil, fmt.Errorf("the web pod did not become Ready: %w", err)
 	}
-	return pod, nil
+	return &pods[0], nil
 }
 
 func repoRoot() (string, error) {
@@ -670,7 +592,7 @@ func (s state) stopBackground() error {
 		}
 		// Stopping deletes the pods through the kubelet first; that takes
 		// a few seconds per pod.
-		err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 3*time.Minute, true, func(context.Context) (bool, error) {
+		err := fixture.PollEvery(context.Background(), "the background process to stop", 200*time.Millisecond, 3*time.Minute, func(context.Context) (bool, error) {
 			return syscall.Kill(pid, 0) != nil, nil
 		})
 		if err != nil {

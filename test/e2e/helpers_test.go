@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -11,18 +12,15 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/record"
 	"github.com/exec-reaper/exec-reaper/test/cluster"
+	"github.com/exec-reaper/exec-reaper/test/fixture"
 )
 
 // Timeouts of the suite's waits.
@@ -38,32 +36,14 @@ const (
 // grantUsers lets alice (and the exempt users) exec, attach, debug and
 // port-forward in every namespace, as a developer role would.
 func grantUsers(ctx context.Context) error {
-	role := &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "e2e-developer"},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods", "pods/log"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{""}, Resources: []string{"pods/exec", "pods/attach", "pods/portforward"}, Verbs: []string{"get", "create"}},
-			{APIGroups: []string{""}, Resources: []string{"pods/ephemeralcontainers"}, Verbs: []string{"get", "patch", "update"}},
-		},
-	}
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "e2e-developer"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "e2e-developer"},
-		Subjects: []rbacv1.Subject{
-			{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: alice},
-			{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: breakglass},
-			{Kind: "Group", APIGroup: "rbac.authorization.k8s.io", Name: oncall},
-		},
-	}
-	rbac := c.Client().RbacV1()
-	if _, err := rbac.ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	if _, err := rbac.ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-		return err
-	}
 	var err error
-	aliceKubeconfig, err = c.Kubeconfig("alice", alice, "dev", "system:authenticated")
+	aliceKubeconfig, err = fixture.Developer{
+		Role:       "e2e-developer",
+		Kubeconfig: "alice",
+		User:       alice,
+		Groups:     []string{"dev", "system:authenticated"},
+		Others:     []rbacv1.Subject{fixture.User(breakglass), fixture.Group(oncall)},
+	}.Grant(ctx, c.Client(), c.Kubeconfig)
 	return err
 }
 
@@ -76,28 +56,22 @@ func failWithLogs(t testing.TB) {
 	})
 }
 
+// namespace creates namespace name unless it exists, waits for its default
+// ServiceAccount, and returns name.
 func namespace(t testing.TB, name string) string {
 	t.Helper()
 	failWithLogs(t)
-	ctx := context.Background()
-	_, err := c.Client().CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := fixture.Namespace(context.Background(), c.Client(), name, podTimeout); err != nil {
 		t.Fatal(err)
 	}
-	// Pods need the namespace's default ServiceAccount, which the
-	// controller-manager creates.
-	poll(t, "default ServiceAccount in "+name, podTimeout, func(ctx context.Context) (bool, error) {
-		_, err := c.Client().CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
-		return err == nil, nil
-	})
 	return name
 }
 
+// poll checks cond until it holds, and fails t when timeout passes first.
 func poll(t testing.TB, what string, timeout time.Duration, cond func(ctx context.Context) (bool, error)) {
 	t.Helper()
-	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, cond)
-	if err != nil {
-		t.Fatalf("waiting for %s: %v", what, err)
+	if err := fixture.Poll(context.Background(), what, timeout, cond); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -132,27 +106,14 @@ func appSpec() corev1.PodSpec {
 func deployment(t *testing.T, ns string) *corev1.Pod {
 	t.Helper()
 	ctx := context.Background()
-	d := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To[int32](1),
-			Selector: &metav1.LabelSelector{MatchLabels: appLabels},
-			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: appLabels}, Spec: appSpec()},
-		},
-	}
-	if _, err := c.Client().AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+	if err := fixture.Deployment(ctx, c.Client(), ns, "web", 1, appLabels, appSpec()); err != nil {
 		t.Fatal(err)
 	}
-	var pod *corev1.Pod
-	poll(t, "the Deployment's pod", podTimeout, func(ctx context.Context) (bool, error) {
-		list, err := c.Client().CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
-		if err != nil || len(list.Items) == 0 {
-			return false, nil
-		}
-		pod = &list.Items[0]
-		return true, nil
-	})
-	return pod
+	pods, err := fixture.WaitPods(ctx, c.Client(), ns, appLabels, 1, fixture.Wait{Timeout: podTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &pods[0]
 }
 
 // barePod creates an admission-only Pod (see appSpec) with no controller.
@@ -171,16 +132,14 @@ func barePod(t *testing.T, ns, name string, labels map[string]string) *corev1.Po
 // output and error.
 func kubectl(t *testing.T, kubeconfig string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
-	defer cancel()
-	return c.Kubectl(ctx, kubeconfig, args...)
+	return fixture.Kubectl(context.Background(), c.Kubectl, commandTimeout, kubeconfig, args...)
 }
 
 // kubectlExec runs `kubectl exec` into pod's app container and asserts that
 // the API server admitted it: with no node, the connection then fails.
 func kubectlExec(t *testing.T, kubeconfig string, pod *corev1.Pod, command ...string) string {
 	t.Helper()
-	_, stderr, err := kubectl(t, kubeconfig, append([]string{"exec", "-n", pod.Namespace, pod.Name, "-c", "app", "--"}, command...)...)
+	_, stderr, err := fixture.KubectlExec(context.Background(), c.Kubectl, commandTimeout, kubeconfig, pod, "app", command...)
 	assertAdmitted(t, "exec", stderr, err)
 	return stderr
 }
@@ -234,34 +193,32 @@ func assertNoRecord(t *testing.T, pod *corev1.Pod) {
 // the pod is deleted (or marked for deletion) and returns when that was seen.
 func watchGone(t *testing.T, pod *corev1.Pod) func(timeout time.Duration) (time.Time, bool) {
 	t.Helper()
-	w, err := c.Client().CoreV1().Pods(pod.Namespace).Watch(context.Background(), metav1.ListOptions{
-		FieldSelector:   fields.OneTermEqualSelector("metadata.name", pod.Name).String(),
-		ResourceVersion: pod.ResourceVersion,
-	})
+	until := watchPod(t, pod, fixture.Marked)
+	return func(timeout time.Duration) (time.Time, bool) {
+		tm, ok := until(timeout)
+		return tm.Gone(), ok
+	}
+}
+
+// watchPod starts watching pod and returns a function that waits until done
+// holds for what the watch saw, or timeout passes (false). The watch stops
+// when t ends.
+func watchPod(t *testing.T, pod *corev1.Pod, done func(termination) bool) func(timeout time.Duration) (termination, bool) {
+	t.Helper()
+	w, err := fixture.WatchPod(context.Background(), c.Client(), pod, "app")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.Stop)
-	return func(timeout time.Duration) (time.Time, bool) {
-		timer := time.NewTimer(timeout)
-		defer timer.Stop()
-		for {
-			select {
-			case ev, ok := <-w.ResultChan():
-				if !ok {
-					t.Fatalf("watch on %s closed", pod.Name)
-				}
-				p, _ := ev.Object.(*corev1.Pod)
-				if p == nil || p.UID != pod.UID {
-					continue
-				}
-				if ev.Type == watch.Deleted || p.DeletionTimestamp != nil {
-					return time.Now(), true
-				}
-			case <-timer.C:
-				return time.Time{}, false
-			}
+	return func(timeout time.Duration) (termination, bool) {
+		tm, err := w.Until(context.Background(), timeout, done)
+		if errors.Is(err, fixture.ErrNotYet) {
+			return tm, false
 		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm, true
 	}
 }
 

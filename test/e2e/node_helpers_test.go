@@ -13,19 +13,16 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/test/cluster"
+	"github.com/exec-reaper/exec-reaper/test/fixture"
 )
 
 // Helpers for pods that run on the suite's node (cluster.Options.Node).
@@ -90,15 +87,7 @@ func nodePod(t *testing.T, ns, name string, labels map[string]string, spec *core
 // replicas and labels, and returns its pods once that many are Ready.
 func nodeDeployment(t *testing.T, ns, name string, replicas int32, labels map[string]string) []corev1.Pod {
 	t.Helper()
-	d := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To(replicas),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: nodeSpec()},
-		},
-	}
-	if _, err := c.Client().AppsV1().Deployments(ns).Create(context.Background(), d, metav1.CreateOptions{}); err != nil {
+	if err := fixture.Deployment(context.Background(), c.Client(), ns, name, replicas, labels, nodeSpec()); err != nil {
 		t.Fatal(err)
 	}
 	return waitReadyPods(t, ns, labels, int(replicas), nil)
@@ -125,44 +114,17 @@ func waitPodReady(t *testing.T, ns, name string) *corev1.Pod {
 // terminating, none of them with a UID in exclude, and returns them.
 func waitReadyPods(t *testing.T, ns string, labels map[string]string, n int, exclude map[string]bool) []corev1.Pod {
 	t.Helper()
-	var ready []corev1.Pod
-	poll(t, fmt.Sprintf("%d Ready pods %v in %s", n, labels, ns), nodePodTimeout, func(ctx context.Context) (bool, error) {
-		list, err := c.Client().CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: labels})})
-		if err != nil {
-			return false, nil
-		}
-		ready = ready[:0]
-		for _, p := range list.Items {
-			if isReady(&p) && p.DeletionTimestamp == nil && !exclude[string(p.UID)] {
-				ready = append(ready, p)
-			}
-		}
-		return len(ready) >= n, nil
-	})
-	return ready
+	pods, err := fixture.WaitPods(context.Background(), c.Client(), ns, labels, n, fixture.Wait{Ready: true, Exclude: exclude, Timeout: nodePodTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pods
 }
 
-func isReady(p *corev1.Pod) bool {
-	if p.Status.Phase != corev1.PodRunning {
-		return false
-	}
-	for _, cond := range p.Status.Conditions {
-		if cond.Type == corev1.PodReady {
-			return cond.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
+func isReady(p *corev1.Pod) bool { return fixture.IsReady(p) }
 
 // readyTime is when the pod's Ready condition last became true.
-func readyTime(p *corev1.Pod) time.Time {
-	for _, cond := range p.Status.Conditions {
-		if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
-			return cond.LastTransitionTime.Time
-		}
-	}
-	return time.Time{}
-}
+func readyTime(p *corev1.Pod) time.Time { return fixture.ReadyTime(p) }
 
 // kubectlOK runs kubectl as kubeconfig ("" = admin), fails t if it fails,
 // and returns its stdout.
@@ -175,6 +137,32 @@ func kubectlOK(t *testing.T, kubeconfig string, args ...string) string {
 	return stdout
 }
 
+// startKubectl starts kubectl as kubeconfig for a session that streams
+// (attach, port-forward), which Cluster.Kubectl cannot run: it waits for
+// kubectl to exit. It returns kubectl's stdin (nil unless withStdin),
+// stdout and stderr, so far and to come. Its environment holds nothing of
+// the user's.
+func startKubectl(t *testing.T, ctx context.Context, kubeconfig string, withStdin bool, args ...string) (cmd *exec.Cmd, stdin io.WriteCloser, stdout io.Reader, stderr *strings.Builder) {
+	t.Helper()
+	cmd = exec.CommandContext(ctx, filepath.Join(cluster.DefaultTools().KubeDir, "kubectl"), append([]string{"--kubeconfig=" + kubeconfig}, args...)...)
+	cmd.Env = []string{"HOME=" + t.TempDir(), "PATH=/usr/bin:/bin"}
+	var err error
+	if withStdin {
+		if stdin, err = cmd.StdinPipe(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if stdout, err = cmd.StdoutPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stderr = new(strings.Builder)
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, stdin, stdout, stderr
+}
+
 // kubectlAttach runs kubectl attach -i to pod's app container as
 // kubeconfig, sends line, and returns what kubectl printed once want
 // appears on its stdout (or when it exits). Stdin stays open until then:
@@ -183,22 +171,7 @@ func kubectlAttach(t *testing.T, kubeconfig string, pod *corev1.Pod, line, want 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(cluster.DefaultTools().KubeDir, "kubectl"), "--kubeconfig="+kubeconfig,
-		"attach", "-i", "-n", pod.Namespace, pod.Name, "-c", "app")
-	cmd.Env = []string{"HOME=" + t.TempDir(), "PATH=/usr/bin:/bin"}
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	outPipe, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var errOut strings.Builder
-	cmd.Stderr = &errOut
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, in, outPipe, errOut := startKubectl(t, ctx, kubeconfig, true, "attach", "-i", "-n", pod.Namespace, pod.Name, "-c", "app")
 	if _, err := io.WriteString(in, line+"\n"); err != nil {
 		t.Fatal(err)
 	}
@@ -245,83 +218,18 @@ func httpGetURL(t *testing.T, url string) string {
 	return string(b)
 }
 
-// termination is how a pod on the node ended, as its watch showed it.
-type termination struct {
-	// MarkedAt is when the pod got its deletionTimestamp (the eviction).
-	MarkedAt time.Time
-	// GoneAt is when the kubelet had stopped it and the pod was deleted.
-	GoneAt time.Time
-	// Grace is the deletion's grace period.
-	Grace int64
-	// App is the app container's last terminated state, if seen.
-	App *corev1.ContainerStateTerminated
-}
+// termination is how a pod on the node ended, as its watch showed it
+// (MarkedAt: the eviction; GoneAt: the kubelet had stopped it and the pod
+// was deleted; App: the app container's last terminated state).
+type termination = fixture.Termination
 
 // watchTermination starts watching pod and returns a function that waits
 // until the pod is deleted (not only marked) and reports how it ended. The
-// events are read as they arrive, so the times are when they happened even
-// when the caller waits for other pods first.
+// times are when the events arrived (fixture.PodWatch), even when the caller
+// waits for other pods first.
 func watchTermination(t *testing.T, pod *corev1.Pod) func(timeout time.Duration) (termination, bool) {
 	t.Helper()
-	w, err := c.Client().CoreV1().Pods(pod.Namespace).Watch(context.Background(), metav1.ListOptions{
-		FieldSelector:   fields.OneTermEqualSelector("metadata.name", pod.Name).String(),
-		ResourceVersion: pod.ResourceVersion,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(w.Stop)
-	var (
-		mu     sync.Mutex
-		tm     termination
-		gone   = make(chan struct{})
-		closed = make(chan struct{})
-	)
-	go func() {
-		defer close(closed)
-		for ev := range w.ResultChan() {
-			p, _ := ev.Object.(*corev1.Pod)
-			if p == nil || p.UID != pod.UID {
-				continue
-			}
-			mu.Lock()
-			if p.DeletionTimestamp != nil && tm.MarkedAt.IsZero() {
-				tm.MarkedAt = time.Now()
-				tm.Grace = ptr.Deref(p.DeletionGracePeriodSeconds, -1)
-			}
-			for _, cs := range p.Status.ContainerStatuses {
-				if cs.Name == "app" && cs.State.Terminated != nil {
-					tm.App = cs.State.Terminated
-				}
-			}
-			deleted := ev.Type == watch.Deleted
-			if deleted {
-				tm.GoneAt = time.Now()
-			}
-			mu.Unlock()
-			if deleted {
-				close(gone)
-				return
-			}
-		}
-	}()
-	return func(timeout time.Duration) (termination, bool) {
-		timer := time.NewTimer(timeout)
-		defer timer.Stop()
-		select {
-		case <-gone:
-		case <-closed:
-			select {
-			case <-gone: // closed after gone
-			default:
-				t.Fatalf("watch on %s closed", pod.Name)
-			}
-		case <-timer.C:
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		return tm, !tm.GoneAt.IsZero()
-	}
+	return watchPod(t, pod, fixture.Deleted)
 }
 
 // assertGraceful checks that the pod was stopped the way a kubelet stops a
@@ -352,18 +260,7 @@ func assertGraceful(t *testing.T, tm termination) {
 func portForward(t *testing.T, kubeconfig string, pod *corev1.Pod) int {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, filepath.Join(cluster.DefaultTools().KubeDir, "kubectl"), "--kubeconfig="+kubeconfig,
-		"port-forward", "-n", pod.Namespace, "pod/"+pod.Name, fmt.Sprintf(":%d", webPort))
-	cmd.Env = []string{"HOME=" + t.TempDir(), "PATH=/usr/bin:/bin"}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, _, out, stderr := startKubectl(t, ctx, kubeconfig, false, "port-forward", "-n", pod.Namespace, "pod/"+pod.Name, fmt.Sprintf(":%d", webPort))
 	t.Cleanup(func() {
 		cancel()
 		_ = cmd.Wait()
