@@ -97,6 +97,13 @@ type Options struct {
 	// bypassing PodDisruptionBudgets) whose eviction is still refused this
 	// long past its deadline. Zero, the default, never does.
 	EscalateAfter time.Duration
+	// QueueHorizon, when positive, is how far ahead a pod's next look may be
+	// for it to wait in the work queue; a pod due later (a record with a
+	// one-hour ttl, a quarantine's end) is left to the informer's resync,
+	// which must come sooner, and is queued then. Each queued wait costs
+	// ~210 bytes, a tenth of what the deleter holds per recorded pod. Run
+	// sets it just above the resync period; zero queues every wait.
+	QueueHorizon time.Duration
 	// GuardPolicy names the record guard: the ValidatingAdmissionPolicy (and
 	// its binding of the same name) that lets no one but the provider write a
 	// record. While it is not in force the deleter evicts nothing, since a
@@ -344,7 +351,11 @@ func (c *Controller) next(ctx context.Context) bool {
 	switch {
 	case err == nil:
 		c.queue.Forget(key)
-		if wait > 0 {
+		switch {
+		case wait <= 0:
+		case c.opts.QueueHorizon > 0 && wait > c.opts.QueueHorizon:
+			log.V(3).Info("Next look beyond the queue's horizon; the resync brings the pod back", "in", wait)
+		default:
 			c.queue.AddAfter(key, wait)
 		}
 	case errors.Is(err, errRefused), errors.Is(err, errImpossible):

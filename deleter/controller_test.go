@@ -957,3 +957,25 @@ func TestEvictsOncePerPodWhileItTerminates(t *testing.T) {
 		t.Errorf("Evicted events = %+v, want one", got)
 	}
 }
+
+// TestQueueHorizon: a pod due beyond the queue's horizon does not wait in
+// the queue (its resync brings it back); once a look (a resync) finds it
+// within the horizon, it waits there and is evicted at its deadline, not
+// before.
+func TestQueueHorizon(t *testing.T) {
+	deadline := epoch.Add(time.Hour)
+	h := newHarness(t, deleter.Options{QueueHorizon: 10 * time.Minute}, recordedPod("web", "uid-web", deadline))
+	h.start()
+	h.drain()
+	if got := h.clock.Waiters(); got != h.idle {
+		t.Fatalf("clock waiters = %d, want %d: a pod due in an hour waits in the queue", got, h.idle)
+	}
+	h.clock.Step(55 * time.Minute)
+	h.update("web", func(p *metav1.PartialObjectMetadata) { p.ResourceVersion = "" }) // as a resync would
+	h.waitDelayed()
+	if got := h.evictions("web"); len(got) != 0 {
+		t.Fatalf("evicted before the deadline: %v", got)
+	}
+	h.clock.Step(5 * time.Minute)
+	eventually(t, "the eviction at the deadline", func() bool { return len(h.evictions("web")) == 1 })
+}

@@ -98,6 +98,10 @@ const (
 	DefaultRetryPeriod   = 250 * time.Millisecond
 )
 
+// resyncSlack is how much later than a resync period a pod's next look may
+// be and still be left to the resync (Options.QueueHorizon).
+const resyncSlack = time.Minute
+
 // Default fills unset fields.
 func (c *Config) Default() {
 	c.Options.Default()
@@ -191,7 +195,14 @@ func Run(ctx context.Context, cfg Config, clients Clients, clk clock.WithTicker,
 	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: clients.Events.EventsV1()})
 	recorder := broadcaster.NewRecorder(scheme.Scheme, Component)
 
-	ctrl, err := NewController(clients.Kube, podInformer, clk, recorder, cfg.Options)
+	opts := cfg.Options
+	if opts.QueueHorizon == 0 && cfg.Resync > 0 {
+		// The resync delivers every cached pod again each period; the slack
+		// covers its delivery, so a pod left out of the queue is back in it
+		// before its deadline.
+		opts.QueueHorizon = cfg.Resync + resyncSlack
+	}
+	ctrl, err := NewController(clients.Kube, podInformer, clk, recorder, opts)
 	if err != nil {
 		return err
 	}

@@ -12,13 +12,13 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/exec-reaper/exec-reaper/record"
 	"github.com/exec-reaper/exec-reaper/test/cluster"
+	"github.com/exec-reaper/exec-reaper/test/fixture"
 	"github.com/exec-reaper/exec-reaper/test/install"
 )
 
@@ -102,30 +102,13 @@ func TestOldestGatekeeper(t *testing.T) {
 
 	// alice may exec; the chart's constraint (warn, fail open) records.
 	cs := oc.Client()
-	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "e2e-exec"},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods", "pods/exec"}, Verbs: []string{"get", "create"}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "e2e-exec"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "e2e-exec"},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: alice}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	aliceKC, err := oc.Kubeconfig("alice", alice, "dev")
+	aliceKC, err := fixture.Developer{Role: "e2e-exec", Kubeconfig: "alice", User: alice, Groups: []string{"dev"}}.Grant(ctx, cs, oc.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{}); err != nil {
+	if err := fixture.Namespace(ctx, cs, "shop", podTimeout); err != nil {
 		t.Fatal(err)
 	}
-	pollCluster(t, "default ServiceAccount in shop", podTimeout, func(ctx context.Context) bool {
-		_, err := cs.CoreV1().ServiceAccounts("shop").Get(ctx, "default", metav1.GetOptions{})
-		return err == nil
-	})
 	pod, err := cs.CoreV1().Pods("shop").Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"}, Spec: appSpec()}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
