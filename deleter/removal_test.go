@@ -143,7 +143,15 @@ func TestPacingIsBounded(t *testing.T) {
 		return len(h.evictions(""))+len(h.events.about("web-a", deleter.ReasonPaced))+len(h.events.about("web-b", deleter.ReasonPaced)) == 2
 	})
 	// The first never goes away (a finalizer): the second goes at the bound.
-	for range 30 {
+	// Step the clock only while the controller waits on it (a key delayed),
+	// so that no step passes before the recheck is scheduled.
+	for range 40 {
+		eventually(t, "a recheck scheduled, or both evicted", func() bool {
+			return len(h.evictions("")) == 2 || h.clock.Waiters() > h.idle
+		})
+		if len(h.evictions("")) == 2 {
+			break
+		}
 		h.clock.Step(2 * time.Second)
 	}
 	eventually(t, "both evicted", func() bool { return len(h.evictions("")) == 2 })
