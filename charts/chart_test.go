@@ -1082,9 +1082,15 @@ func TestPolicies(t *testing.T) {
 	})
 
 	t.Run("quarantine", func(t *testing.T) {
-		o := render(t, gkNS, "--set", "policies.install=true", "--set", "policies.action=quarantine")
+		o := render(t, gkNS, "--set", "policies.install=true", "--set", "policies.action=quarantine", "--set", "deleter.allowQuarantine=true")
 		if c := constraint(t, o, "K8sExecReaper", "exec-reaper"); c.Params["action"] != "quarantine" {
 			t.Errorf("action %v, want quarantine", c.Params["action"])
+		}
+		// A constraint asking for what the deleter may not do is a
+		// configuration error at install, not an eviction later.
+		out, err := runHelm(t, "template", release, chartDir, "--namespace", gkNS, "--set", "policies.install=true", "--set", "policies.action=quarantine")
+		if err == nil || !strings.Contains(out+err.Error(), "configuration error: policies.action is quarantine") {
+			t.Errorf("policies.action=quarantine without deleter.allowQuarantine: %v, want a configuration error", err)
 		}
 	})
 

@@ -29,6 +29,9 @@ const (
 	// ReasonQuarantineNotAllowed: a record asked for quarantine, which the
 	// deleter is not configured for; the pod is evicted instead.
 	ReasonQuarantineNotAllowed = "ExecReaperQuarantineNotAllowed"
+	// ReasonQuarantineNotPossible: quarantine would take a replica down (a
+	// StatefulSet's pod); the pod is evicted instead.
+	ReasonQuarantineNotPossible = "ExecReaperQuarantineNotPossible"
 )
 
 // errImpossible marks an eviction the API server will refuse until someone

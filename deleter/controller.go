@@ -176,6 +176,9 @@ type Controller struct {
 	// quarantine is what is done with a due pod whose record asks for
 	// quarantine; nil when the deleter does not allow it.
 	quarantine Action
+	// evict evicts: for the pods quarantine cannot keep without taking a
+	// replica down (StatefulSet pods). Nil in dry-run mode.
+	evict Action
 	// pacer holds back pods of an owner that cannot spare them yet; nil in
 	// dry-run mode, which takes nothing down.
 	pacer *pacer
@@ -218,7 +221,10 @@ func NewController(client kubernetes.Interface, informer cache.SharedIndexInform
 		opts:     opts,
 		guard:    &guard{client: client, name: opts.GuardPolicy, clock: clk},
 		told: map[string]*sync.Map{ReasonMirrorPod: {}, ReasonPaced: {}, ReasonEvictionImpossible: {},
-			ReasonQuarantineNotAllowed: {}, ReasonInvalidRecord: {}},
+			ReasonQuarantineNotAllowed: {}, ReasonQuarantineNotPossible: {}, ReasonInvalidRecord: {}},
+	}
+	if !opts.DryRun {
+		c.evict = &Evict{Client: client, Recorder: recorder}
 	}
 	switch {
 	case opts.DryRun:
@@ -227,7 +233,7 @@ func NewController(client kubernetes.Interface, informer cache.SharedIndexInform
 		c.action = &Quarantiner{Client: client, Recorder: recorder, Clock: clk, Retention: opts.QuarantineRetention}
 		c.quarantine = c.action
 	default:
-		c.action = &Evict{Client: client, Recorder: recorder}
+		c.action = c.evict
 		if opts.AllowQuarantine {
 			c.quarantine = &Quarantiner{Client: client, Recorder: recorder, Clock: clk, Retention: opts.QuarantineRetention}
 		}
@@ -504,6 +510,29 @@ func (c *Controller) act(ctx context.Context, pod *metav1.PartialObjectMetadata,
 // that does not allow it is still removed at its deadline, evicted: the
 // deadline is the promise, and an Event says what the configuration lacks.
 func (c *Controller) actionFor(ctx context.Context, pod *metav1.PartialObjectMetadata, t Target) Action {
+	a := c.askedAction(ctx, pod, t)
+	if _, quarantine := a.(*Quarantiner); quarantine && isStatefulSetPod(pod) {
+		// Its StatefulSet cannot start the replacement while the pod holds
+		// its name (and its volumes): quarantine would take the replica
+		// down for the whole retention.
+		if c.once(ReasonQuarantineNotPossible, t.UID) {
+			klog.FromContext(ctx).Info("Evicting a StatefulSet's pod instead of quarantining it: its replacement needs its name")
+			c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonQuarantineNotPossible, "Evict",
+				"exec-reaper evicts this pod instead of quarantining it: it belongs to a StatefulSet, which cannot start its replacement while the pod keeps its name and volumes, so quarantine would take the replica down until the retention ends")
+		}
+		return c.evict
+	}
+	return a
+}
+
+// isStatefulSetPod reports whether pod's controller is a StatefulSet.
+func isStatefulSetPod(pod metav1.Object) bool {
+	ref := metav1.GetControllerOfNoCopy(pod)
+	return ref != nil && groupKind(*ref) == "apps/StatefulSet"
+}
+
+// askedAction is actionFor before the StatefulSet exception.
+func (c *Controller) askedAction(ctx context.Context, pod *metav1.PartialObjectMetadata, t Target) Action {
 	asked, known := record.ActionOf(pod.Labels)
 	switch {
 	case c.opts.DryRun:

@@ -136,7 +136,7 @@ func (p *pacer) blocked(ctx context.Context, pod metav1.Object, owner metav1.Own
 	// owner scaled down since wants fewer back.
 	short := state.Want - state.Ready - state.Stale
 	if down := max(short, n); down >= p.budget {
-		return fmt.Sprintf("its owner has no Ready replacement yet (%s; budget %d)", state.Summary, p.budget), nil
+		return fmt.Sprintf("its owner is short of Ready pods (%s; budget %d): a pod taken is not replaced yet, or one is starting", state.Summary, p.budget), nil
 	}
 	return "", nil
 }

@@ -263,7 +263,7 @@ func TestPacerNewLeaderPaces(t *testing.T) {
 	w := &pacingWorld{pods: []metav1.Object{b}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 2, Want: 3, Summary: "ReplicaSet o: 2 of 3 ready"}}
 	p := w.pacer(1)
 	ctx := context.Background()
-	if v, _ := p.admit(ctx, b, 0); v.Go || !strings.Contains(v.Wait, "no Ready replacement") {
+	if v, _ := p.admit(ctx, b, 0); v.Go || !strings.Contains(v.Wait, "short of Ready pods") {
 		t.Fatalf("a new leader, the owner one short: %+v, want it held", v)
 	}
 	w.state = &ownerState{Ready: 2, Want: 3, Stale: 1, Summary: "ReplicaSet o: 2 of 3 ready, 1 not Ready for long"}

@@ -362,3 +362,27 @@ func TestRecordAsksForQuarantine(t *testing.T) {
 		})
 	}
 }
+
+// TestStatefulSetPodIsNotQuarantined: a StatefulSet cannot start a
+// replacement while its pod keeps the name, so quarantine would take the
+// replica down for the whole retention: the pod is evicted, with a Warning
+// saying why, whether its record or the deleter asks for quarantine.
+func TestStatefulSetPodIsNotQuarantined(t *testing.T) {
+	for _, opts := range []deleter.Options{{AllowQuarantine: true}, {Action: deleter.ActionQuarantine}} {
+		t.Run(opts.Action, func(t *testing.T) {
+			pod := recordedPod("db-0", "uid-db-0", epoch.Add(-time.Second))
+			pod.Labels[record.ActionLabel] = string(record.ActionQuarantine)
+			pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "StatefulSet", Name: "db", UID: "uid-db", Controller: ptr.To(true)}}
+			h := newHarness(t, opts, pod)
+			h.start()
+			eventually(t, "the StatefulSet's pod evicted", func() bool { return len(h.evictions("db-0")) == 1 })
+			evs := h.events.about("db-0", deleter.ReasonQuarantineNotPossible)
+			if len(evs) != 1 || !strings.Contains(evs[0].Note, "StatefulSet") {
+				t.Errorf("events = %+v, want one Warning saying why it was not quarantined", evs)
+			}
+			if evs := h.events.about("db-0", deleter.ReasonQuarantined); len(evs) != 0 {
+				t.Errorf("quarantined: %+v", evs)
+			}
+		})
+	}
+}

@@ -181,6 +181,11 @@ func Run(ctx context.Context, cfg Config, clients Clients, clk clock.WithTicker,
 	if cfg.LeaderElection && (cfg.LeaseNamespace == "" || cfg.Identity == "") {
 		return errors.New("leader election needs a lease namespace and an identity")
 	}
+	if cfg.Resync < 0 {
+		// The resync is the safety net for evictions given up on, and what
+		// brings back pods due beyond the queue's horizon.
+		return fmt.Errorf("configuration error: --resync is %s; give a positive duration (default 10m)", cfg.Resync)
+	}
 	if clients.Events == nil {
 		clients.Events = clients.Kube
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -331,5 +332,13 @@ func TestRunCancelledBeforeSyncReturnsNil(t *testing.T) {
 	client := fake.NewClientset(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: namespace}})
 	if err := deleter.Run(ctx, cfg, clientsFor(t, client), clock.RealClock{}, prometheus.NewRegistry()); err != nil {
 		t.Errorf("Run with a cancelled context = %v, want nil", err)
+	}
+}
+
+func TestRunRefusesNegativeResync(t *testing.T) {
+	cfg := deleter.Config{Resync: -time.Minute}
+	err := deleter.Run(context.Background(), cfg, clientsFor(t, fake.NewClientset()), clock.RealClock{}, prometheus.NewRegistry())
+	if err == nil || !strings.Contains(err.Error(), "configuration error: --resync") {
+		t.Errorf("Run with a negative resync: %v, want a configuration error naming --resync", err)
 	}
 }

@@ -99,8 +99,9 @@ type announcement struct {
 	// quarantine says a constraint asked for the pod to be quarantined, not
 	// evicted, at the deadline.
 	quarantine bool
-	// update is set when a repeat moved the deadline earlier: this
-	// announcement replaces the entry's Event if it is not written yet.
+	// update is set when a repeat moved the deadline earlier or asked for
+	// quarantine: this announcement replaces the entry's Event if it is not
+	// written yet.
 	update bool
 }
 
@@ -154,6 +155,7 @@ func (s *EventSink) fold(a announcement) {
 		if a.deadline.Before(f.last.deadline) {
 			f.last.deadline = a.deadline
 		}
+		f.last.quarantine = f.last.quarantine || a.quarantine
 	case a.update:
 		// The entry's own Event is queued already; it keeps the deadline
 		// it was announced with.

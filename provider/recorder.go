@@ -33,7 +33,8 @@ type Result struct {
 	// Deadline is when the pod will be evicted; for a trial entry, when it
 	// would be.
 	Deadline time.Time `json:"deadline"`
-	// Outcome is first, added, repeat or earlier, or trial for a trial entry.
+	// Outcome is first, added, repeat, earlier or stricter, or trial for a
+	// trial entry.
 	Outcome record.Outcome `json:"outcome"`
 }
 
@@ -395,6 +396,11 @@ func (r *Recorder) plan(ctx context.Context, pod *corev1.Pod, req Request, entry
 	var existing *record.Record
 	switch rec, err := record.Read(pod.Labels, pod.Annotations); {
 	case err == nil:
+		existing = &rec
+	case errors.Is(err, record.ErrUnknownAction):
+		// Read the rest as usual: the label is left as it is (a newer
+		// provider's, or the pod creator's), and the history is kept.
+		klog.FromContext(ctx).Info("Record asks for an action this provider does not know; keeping it", "pod", klog.KObj(pod), "err", err)
 		existing = &rec
 	case errors.Is(err, record.ErrNoRecord):
 	default:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -378,6 +379,28 @@ func TestHandlerQuarantineAsked(t *testing.T) {
 				t.Errorf("events %+v, want two (one per entry), both saying the pod will be quarantined", evs)
 			}
 		})
+	}
+}
+
+// TestHandlerKeepsHistoryUnderUnknownAction: a record whose action label
+// this provider does not know (a newer provider's, or set by whoever created
+// the pod) keeps its history: the next entry is added to it, not written
+// over it, and the label is left as it is.
+func TestHandlerKeepsHistoryUnderUnknownAction(t *testing.T) {
+	first := execBy("alice", "req-1", "1h")
+	firstEntry, _ := record.Apply(nil, podUID, record.Entry{User: "alice", Time: t0.Add(-time.Minute), Operation: record.OpExec,
+		RequestUID: first.UID}, time.Hour, record.ActionEvict)
+	pod := newPod(&firstEntry)
+	pod.Labels[record.ActionLabel] = "shred"
+	d := newDirect(t, pod)
+	d.keys(t, keyFor(t, execBy("bob", "req-2", "1h")))
+	got := getPod(t, d.cs)
+	rec, err := record.Read(got.Labels, got.Annotations)
+	if !errors.Is(err, record.ErrUnknownAction) {
+		t.Fatalf("Read: %v, want the unknown action reported", err)
+	}
+	if rec.Entries != 2 || rec.First.User != "alice" || rec.Last.User != "bob" || got.Labels[record.ActionLabel] != "shred" {
+		t.Errorf("record %+v, label %q: want alice's entry kept, bob's added, the label left", rec, got.Labels[record.ActionLabel])
 	}
 }
 

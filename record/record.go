@@ -324,22 +324,29 @@ const (
 // ErrNoRecord is returned by Read for a pod that carries no record.
 var ErrNoRecord = errors.New("no exec-reaper record")
 
+// ErrUnknownAction is wrapped by Read's error for a record whose ActionLabel
+// holds a value this version does not know (written by a newer provider, or
+// by whoever created the pod). Everything else in the record is read as
+// usual; Action reads as ActionEvict.
+var ErrUnknownAction = errors.New("unknown action")
+
 // Read decodes the record on a pod from its labels and annotations. A pod
 // without the deadline label has no record (ErrNoRecord); a missing or
 // malformed deadline, pod UID or entry is an error that says which key is
 // wrong (an unreadable entry count only reads as zero). On an error in the
-// entries, the record returned still holds the deadline, pod UID and count.
+// entries, the record returned still holds the deadline, pod UID and count;
+// on an unknown action (ErrUnknownAction) it is complete, its Action evict.
 func Read(labels, annotations map[string]string) (Record, error) {
 	deadline, uid, err := Binding(labels, annotations)
 	r := Record{Deadline: deadline, PodUID: uid}
 	if err != nil {
 		return r, err
 	}
-	action, ok := ActionOf(labels)
-	if !ok {
-		return r, fmt.Errorf("label %s=%q is neither %q nor %q", ActionLabel, string(action), ActionEvict, ActionQuarantine)
+	action, known := ActionOf(labels)
+	r.Action = ActionEvict
+	if known {
+		r.Action = action
 	}
-	r.Action = action
 	if n, err := strconv.Atoi(annotations[EntriesAnnotation]); err == nil && n > 0 {
 		r.Entries = n
 	}
@@ -350,6 +357,9 @@ func Read(labels, annotations map[string]string) (Record, error) {
 		return r, err
 	}
 	r.Recent = readMarks(annotations[RecentAnnotation])
+	if !known {
+		return r, fmt.Errorf("label %s=%q is neither %q nor %q: %w", ActionLabel, string(action), ActionEvict, ActionQuarantine, ErrUnknownAction)
+	}
 	return r, nil
 }
 

@@ -597,9 +597,12 @@ func TestReadAction(t *testing.T) {
 	rec, _ := record.Apply(nil, uid, first, time.Hour, record.ActionEvict)
 	l := rec.Labels()
 	l[record.ActionLabel] = "shred"
-	_, err := record.Read(l, rec.Annotations())
-	if err == nil || !strings.Contains(err.Error(), record.ActionLabel) || !strings.Contains(err.Error(), `"shred"`) {
-		t.Errorf("Read with an unknown action: err %v, want one naming the label and its value", err)
+	got, err := record.Read(l, rec.Annotations())
+	if !errors.Is(err, record.ErrUnknownAction) || !strings.Contains(err.Error(), record.ActionLabel) || !strings.Contains(err.Error(), `"shred"`) {
+		t.Errorf("Read with an unknown action: err %v, want ErrUnknownAction naming the label and its value", err)
+	}
+	if got.Entries != 1 || got.First.User != first.User || got.Action != record.ActionEvict || len(got.Recent) != 1 {
+		t.Errorf("Read with an unknown action: %+v, want the whole record (its history kept), action evict", got)
 	}
 	if a, ok := record.ActionOf(l); ok || a != "shred" {
 		t.Errorf("ActionOf = %q, %v; want shred, false", a, ok)
