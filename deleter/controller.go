@@ -241,7 +241,7 @@ func NewController(client kubernetes.Interface, informer cache.SharedIndexInform
 	}
 	if !opts.DryRun {
 		c.pacer = newPacer(opts.PacingBudget, opts.MaxPacingDelay, c.cachedPods,
-			func(uid types.UID) bool { _, ok := c.evicted.Load(uid); return ok }, readOwner(client, clk, opts.MaxPacingDelay))
+			func(uid types.UID) bool { _, ok := c.evicted.Load(uid); return ok }, readOwner(client, clk, opts.MaxPacingDelay), clk, ownerReadTTL)
 	}
 	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    c.enqueue,

@@ -20,6 +20,21 @@ import (
 // and a watch of every ReplicaSet in the cluster would cache far more.
 const pacingRecheck = 2 * time.Second
 
+// ownerReadTTL is how long one read of an owner serves every held pod of it:
+// a thousand entered replicas of one Deployment, all held, cost the API
+// server about one GET and one list of the owner's pods a second, not five
+// hundred. Taking a pod of the owner drops the read at once, so the next
+// decision sees the pod gone; a change made by someone else is seen at most
+// this much later.
+const ownerReadTTL = time.Second
+
+// ownerRead is one read of an owner, shared until it is ownerReadTTL old.
+type ownerRead struct {
+	state *ownerState
+	err   error
+	at    time.Time
+}
+
 // ownerState is an owner's readiness, as its pods show it.
 type ownerState struct {
 	// Ready is how many of its pods are Ready; Want how many it wants.
@@ -61,12 +76,45 @@ type pacer struct {
 	reserved map[types.UID]types.UID
 	// held is the pods waiting for their owner, for the gauge.
 	held map[types.UID]struct{}
+	// reads holds the last read of each owner, for ttl by clock (no sharing
+	// when ttl is zero).
+	reads map[types.UID]ownerRead
+	clock clock.PassiveClock
+	ttl   time.Duration
 }
 
 func newPacer(budget int, maxDelay time.Duration, pods func(string) ([]metav1.Object, error),
-	taken func(types.UID) bool, read ownerReader) *pacer {
+	taken func(types.UID) bool, read ownerReader, clk clock.PassiveClock, ttl time.Duration) *pacer {
 	return &pacer{budget: budget, maxDelay: maxDelay, pods: pods, taken: taken, read: read,
-		reserved: map[types.UID]types.UID{}, held: map[types.UID]struct{}{}}
+		reserved: map[types.UID]types.UID{}, held: map[types.UID]struct{}{},
+		reads: map[types.UID]ownerRead{}, clock: clk, ttl: ttl}
+}
+
+// readOwner returns owner's state, from a read shared with the other pods of
+// the owner while it is fresh.
+func (p *pacer) readOwner(ctx context.Context, namespace string, owner metav1.OwnerReference) (*ownerState, error) {
+	if p.ttl <= 0 {
+		return p.read(ctx, namespace, owner)
+	}
+	p.mu.Lock()
+	r, ok := p.reads[owner.UID]
+	p.mu.Unlock()
+	if ok && p.clock.Since(r.at) < p.ttl {
+		return r.state, r.err
+	}
+	at := p.clock.Now()
+	state, err := p.read(ctx, namespace, owner)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.reads) > 256 { // drop the stale: owners come and go
+		for uid, r := range p.reads {
+			if p.clock.Since(r.at) >= p.ttl {
+				delete(p.reads, uid)
+			}
+		}
+	}
+	p.reads[owner.UID] = ownerRead{state: state, err: err, at: at}
+	return state, err
 }
 
 // verdict is pacing's answer for one due pod.
@@ -121,7 +169,7 @@ func (p *pacer) blocked(ctx context.Context, pod metav1.Object, owner metav1.Own
 	if n >= p.budget {
 		return fmt.Sprintf("%d of its %s %s's pods are already going (budget %d)", n, owner.Kind, owner.Name, p.budget), nil
 	}
-	state, err := p.read(ctx, pod.GetNamespace(), owner)
+	state, err := p.readOwner(ctx, pod.GetNamespace(), owner)
 	if err != nil || state == nil {
 		return "", err
 	}
@@ -184,6 +232,9 @@ func (p *pacer) release(pod types.UID) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if owner, ok := p.reserved[pod]; ok {
+		delete(p.reads, owner) // the pod may be gone: read the owner afresh
+	}
 	delete(p.reserved, pod)
 }
 

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 )
@@ -28,7 +29,12 @@ type pacingWorld struct {
 	reads int
 }
 
-func (w *pacingWorld) pacer(budget int) *pacer {
+// pacer reads the owner afresh for every decision (no shared reads), so a
+// test may change the owner's state between two calls.
+func (w *pacingWorld) pacer(budget int) *pacer { return w.sharingPacer(budget, nil, 0) }
+
+// sharingPacer shares one read of the owner for ttl by clk.
+func (w *pacingWorld) sharingPacer(budget int, clk clock.PassiveClock, ttl time.Duration) *pacer {
 	return newPacer(budget, time.Minute,
 		func(string) ([]metav1.Object, error) {
 			w.mu.Lock()
@@ -41,7 +47,7 @@ func (w *pacingWorld) pacer(budget int) *pacer {
 			defer w.mu.Unlock()
 			w.reads++
 			return w.state, w.err
-		})
+		}, clk, ttl)
 }
 
 // replica returns a pod of the ReplicaSet ownedBy makes.
@@ -313,5 +319,43 @@ func TestReadOwnerStaleAndUnready(t *testing.T) {
 	}
 	if s.Ready != 1 || s.Stale != 2 || len(s.Unready) != 4 || s.Unready["uid-ready"] || !strings.Contains(s.Summary, "2 not Ready for long") {
 		t.Errorf("state %+v, want 1 Ready, 2 stale (crashing, pending-old), 4 unready", s)
+	}
+}
+
+// TestPacerSharesOwnerReads: the held pods of one owner share one read of it
+// while it is fresh, so a thousand held replicas do not list the owner's
+// pods five hundred times a second; taking a pod drops the shared read, so
+// the next decision sees the owner as it is now.
+func TestPacerSharesOwnerReads(t *testing.T) {
+	a, b, c := replica("a"), replica("b"), replica("c")
+	w := &pacingWorld{pods: []metav1.Object{a, b, c}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 2, Want: 3}}
+	clk := clocktesting.NewFakeClock(time.Unix(10_000, 0))
+	p := w.sharingPacer(1, clk, time.Second)
+	ctx := context.Background()
+	for _, pod := range []*metav1.ObjectMeta{a, b, c} {
+		if v, _ := p.admit(ctx, pod, 0); v.Go {
+			t.Fatalf("pod %s while the owner is short: %+v, want it held", pod.Name, v)
+		}
+	}
+	if w.reads != 1 {
+		t.Errorf("owner reads for three held pods = %d, want 1 (shared)", w.reads)
+	}
+	w.state = &ownerState{Ready: 3, Want: 3}
+	clk.Step(time.Second)
+	if v, _ := p.admit(ctx, a, 0); !v.Go {
+		t.Fatalf("pod a once the read is stale and the owner whole: %+v, want it to go", v)
+	}
+	if w.reads != 2 {
+		t.Errorf("owner reads = %d, want 2 (the first one expired)", w.reads)
+	}
+	// a is taken and gone at once (no grace); the owner is short again.
+	w.pods = []metav1.Object{b, c}
+	w.state = &ownerState{Ready: 2, Want: 3}
+	p.release(a.UID)
+	if v, _ := p.admit(ctx, b, 0); v.Go {
+		t.Fatalf("pod b right after a was taken: %+v, want it held (a fresh read, not the shared one from before)", v)
+	}
+	if w.reads != 3 {
+		t.Errorf("owner reads = %d, want 3 (taking a dropped the shared read)", w.reads)
 	}
 }
