@@ -107,6 +107,10 @@ func (*Quarantiner) Name() string { return "quarantine" }
 // quarantined) is retained; any other is quarantined now, which replaces a
 // forged annotation with the deleter's own.
 func (a *Quarantiner) Act(ctx context.Context, t Target) (Result, error) {
+	// Up to three calls (read, isolate, relabel; or read and delete), each
+	// bounded as one eviction is, so a slow API server cannot hold a worker.
+	ctx, cancel := context.WithTimeout(ctx, 3*evictTimeout)
+	defer cancel()
 	pod, err := a.Client.CoreV1().Pods(t.Namespace).Get(ctx, t.Name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
