@@ -140,10 +140,11 @@ func (o *Options) Default() {
 	}
 }
 
-// The actions Options.Action names.
+// The actions Options.Action names: the record's, which a constraint asks
+// for, are the same words.
 const (
-	ActionEvict      = "evict"
-	ActionQuarantine = "quarantine"
+	ActionEvict      = string(record.ActionEvict)
+	ActionQuarantine = string(record.ActionQuarantine)
 )
 
 // Validate says what is wrong with options filled by Default.
@@ -227,17 +228,16 @@ func NewController(client kubernetes.Interface, informer cache.SharedIndexInform
 	if !opts.DryRun {
 		c.evict = &Evict{Client: client, Recorder: recorder}
 	}
+	if !opts.DryRun && (opts.Action == ActionQuarantine || opts.AllowQuarantine) {
+		c.quarantine = &Quarantiner{Client: client, Recorder: recorder, Clock: clk, Retention: opts.QuarantineRetention}
+	}
 	switch {
 	case opts.DryRun:
 		c.action = &DryRun{Recorder: recorder}
 	case opts.Action == ActionQuarantine:
-		c.action = &Quarantiner{Client: client, Recorder: recorder, Clock: clk, Retention: opts.QuarantineRetention}
-		c.quarantine = c.action
+		c.action = c.quarantine
 	default:
 		c.action = c.evict
-		if opts.AllowQuarantine {
-			c.quarantine = &Quarantiner{Client: client, Recorder: recorder, Clock: clk, Retention: opts.QuarantineRetention}
-		}
 	}
 	if !opts.DryRun {
 		c.pacer = newPacer(opts.PacingBudget, opts.MaxPacingDelay, c.cachedPods,
@@ -564,7 +564,7 @@ func (c *Controller) askedAction(ctx context.Context, pod *metav1.PartialObjectM
 			klog.FromContext(ctx).Info("Record asks for an action this deleter does not know; doing its own", "asked", asked, "action", c.action.Name())
 			c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonInvalidRecord, "Evict",
 				"exec-reaper's record on this pod asks for action %q (label %s), which this deleter does not know (is the provider newer than the deleter? upgrade the deleter); it does what it does with every other pod: %s",
-				cutForEvent(string(asked)), record.ActionLabel, c.action.Name())
+				asked, record.ActionLabel, c.action.Name()) // a label value: at most 63 characters
 		}
 	case asked == record.ActionQuarantine && c.quarantine != nil:
 		return c.quarantine
@@ -578,14 +578,6 @@ func (c *Controller) askedAction(ctx context.Context, pod *metav1.PartialObjectM
 		}
 	}
 	return c.action
-}
-
-// cutForEvent shortens a value read from a pod for an Event message.
-func cutForEvent(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "…"
-	}
-	return s
 }
 
 // escalation says, for an Event, whether refused pods are deleted in the end.

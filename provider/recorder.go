@@ -395,12 +395,13 @@ func (r *Recorder) plan(ctx context.Context, pod *corev1.Pod, req Request, entry
 	}
 	var existing *record.Record
 	switch rec, err := record.Read(pod.Labels, pod.Annotations); {
-	case err == nil:
-		existing = &rec
-	case errors.Is(err, record.ErrUnknownAction):
-		// Read the rest as usual: the label is left as it is (a newer
-		// provider's, or the pod creator's), and the history is kept.
-		klog.FromContext(ctx).Info("Record asks for an action this provider does not know; keeping it", "pod", klog.KObj(pod), "err", err)
+	case err == nil, errors.Is(err, record.ErrUnknownAction):
+		// An unknown action (a newer provider's, or the pod creator's) is
+		// left on the pod as it is; the rest of the record was read as usual,
+		// so its history is kept.
+		if err != nil {
+			klog.FromContext(ctx).Info("Record asks for an action this provider does not know; keeping it", "pod", klog.KObj(pod), "err", err)
+		}
 		existing = &rec
 	case errors.Is(err, record.ErrNoRecord):
 	default:
