@@ -33,6 +33,12 @@ type ownerRead struct {
 	state *ownerState
 	err   error
 	at    time.Time
+	// valid is false once a pod of the owner was taken since the read (at
+	// is then when).
+	valid bool
+	// gen counts those takes, so that a read begun before one is not
+	// shared after it.
+	gen uint64
 }
 
 // ownerState is an owner's readiness, as its pods show it.
@@ -97,23 +103,29 @@ func (p *pacer) readOwner(ctx context.Context, namespace string, owner metav1.Ow
 		return p.read(ctx, namespace, owner)
 	}
 	p.mu.Lock()
-	r, ok := p.reads[owner.UID]
+	r := p.reads[owner.UID]
 	p.mu.Unlock()
-	if ok && p.clock.Since(r.at) < p.ttl {
+	if r.valid && p.clock.Since(r.at) < p.ttl {
 		return r.state, r.err
 	}
-	at := p.clock.Now()
+	at, gen := p.clock.Now(), r.gen
 	state, err := p.read(ctx, namespace, owner)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.reads) > 256 { // drop the stale: owners come and go
+	if p.reads[owner.UID].gen != gen {
+		return state, err // a pod was taken meanwhile: this read may predate it
+	}
+	if len(p.reads) > 256 {
+		// Drop the old: owners come and go. Old enough that no read begun
+		// before a take is still running (a read is bounded by
+		// evictTimeout), so none of those can be shared for lack of its gen.
 		for uid, r := range p.reads {
-			if p.clock.Since(r.at) >= p.ttl {
+			if p.clock.Since(r.at) >= p.ttl+evictTimeout {
 				delete(p.reads, uid)
 			}
 		}
 	}
-	p.reads[owner.UID] = ownerRead{state: state, err: err, at: at}
+	p.reads[owner.UID] = ownerRead{state: state, err: err, at: at, valid: true, gen: gen}
 	return state, err
 }
 
@@ -232,8 +244,10 @@ func (p *pacer) release(pod types.UID) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if owner, ok := p.reserved[pod]; ok {
-		delete(p.reads, owner) // the pod may be gone: read the owner afresh
+	if owner, ok := p.reserved[pod]; ok && p.ttl > 0 {
+		// The pod may be gone: read the owner afresh, and share no read
+		// begun before now.
+		p.reads[owner] = ownerRead{at: p.clock.Now(), gen: p.reads[owner].gen + 1}
 	}
 	delete(p.reserved, pod)
 }

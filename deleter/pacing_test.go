@@ -359,3 +359,35 @@ func TestPacerSharesOwnerReads(t *testing.T) {
 		t.Errorf("owner reads = %d, want 3 (taking a dropped the shared read)", w.reads)
 	}
 }
+
+// TestPacerSharesNoReadBegunBeforeATake: a read of the owner that began
+// before another worker took one of its pods (and finished after) still
+// decides its own pod, as an unshared read would, but is not shared: the
+// next pod reads the owner afresh and sees the taken pod gone.
+func TestPacerSharesNoReadBegunBeforeATake(t *testing.T) {
+	a, b, c := replica("a"), replica("b"), replica("c")
+	w := &pacingWorld{pods: []metav1.Object{a, b, c}, taken: map[types.UID]bool{}, state: &ownerState{Ready: 3, Want: 3}}
+	p := w.sharingPacer(2, clocktesting.NewFakeClock(time.Unix(10_000, 0)), time.Second)
+	ctx := context.Background()
+	// c's read begins while a is still there; meanwhile another worker
+	// admits a (its own read), takes it and releases it; a is gone at once.
+	read := p.read
+	p.read = func(ctx context.Context, ns string, owner metav1.OwnerReference) (*ownerState, error) {
+		p.read = read
+		stale, err := read(ctx, ns, owner)
+		if v, _ := p.admit(ctx, a, 0); !v.Go {
+			t.Fatalf("pod a: %+v, want it to go", v)
+		}
+		p.release(a.UID)
+		w.mu.Lock()
+		w.pods, w.state = []metav1.Object{b, c}, &ownerState{Ready: 1, Want: 3}
+		w.mu.Unlock()
+		return stale, err
+	}
+	if v, _ := p.admit(ctx, c, 0); !v.Go {
+		t.Fatalf("pod c on its own (stale) read: %+v, want it to go", v)
+	}
+	if v, _ := p.admit(ctx, b, 0); v.Go {
+		t.Fatalf("pod b after a was taken: %+v, want it held (the owner is two short), not decided on c's read", v)
+	}
+}
