@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -199,6 +200,9 @@ type Controller struct {
 	// for a pod already terminating, so without this the pod would be
 	// evicted, and reported, twice.
 	evicted sync.Map // types.UID → time.Time
+	// queued counts the informer's notifications that were queued (not left
+	// to the resync by beyondHorizon).
+	queued atomic.Int64
 }
 
 // NewController returns a controller fed by informer, a metadata informer
@@ -313,7 +317,34 @@ func (c *Controller) enqueue(obj any) {
 		utilruntime.HandleError(err)
 		return
 	}
+	if c.beyondHorizon(obj) {
+		return
+	}
+	c.queued.Add(1)
 	c.queue.Add(key)
+}
+
+// beyondHorizon reports whether obj is a pod whose look can only wait past
+// the queue's horizon: bound to it by its record, not going, not taken, and
+// due later than the horizon. Its sync would only find that, and next would
+// not keep the wait, so the resync, which comes sooner, is left to bring it
+// back. Not queuing it saves a sync per recorded pod at a (re)start, and the
+// queue's sets, which never shrink, do not grow to every recorded pod.
+// Anything else (an invalid record, another pod's, a taken pod) is queued,
+// for sync to say or do what it must.
+func (c *Controller) beyondHorizon(obj any) bool {
+	pod, ok := obj.(*metav1.PartialObjectMetadata)
+	if !ok || c.opts.QueueHorizon <= 0 || pod.DeletionTimestamp != nil {
+		return false
+	}
+	deadline, uid, err := record.Binding(pod.Labels, pod.Annotations)
+	if err != nil || uid != pod.UID {
+		return false
+	}
+	if _, taken := c.evicted.Load(uid); taken {
+		return false
+	}
+	return deadline.Sub(c.clock.Now()) > c.opts.QueueHorizon
 }
 
 // releaseAfterFirstPass returns the heap freed by the initial list and the
@@ -626,6 +657,10 @@ func (c *Controller) RegisterMetrics(reg prometheus.Registerer) {
 			Name: "exec_reaper_deleter_paced_pods",
 			Help: "Due pods waiting for their owner to spare them (pacing).",
 		}, func() float64 { return float64(c.pacer.heldCount()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "exec_reaper_deleter_queued_total",
+			Help: "Notifications of recorded pods (adds, updates, resyncs) queued for a look; a pod due beyond the queue's horizon (the resync period + 1m) is left to the next resync instead.",
+		}, func() float64 { return float64(c.queued.Load()) }),
 	)
 }
 

@@ -958,21 +958,33 @@ func TestEvictsOncePerPodWhileItTerminates(t *testing.T) {
 	}
 }
 
-// TestQueueHorizon: a pod due beyond the queue's horizon does not wait in
-// the queue (its resync brings it back); once a look (a resync) finds it
-// within the horizon, it waits there and is evicted at its deadline, not
-// before.
+// TestQueueHorizon: a pod due beyond the queue's horizon is not even queued
+// (its resync brings it back), unlike one due sooner or one whose record
+// sync must report; once a look (a resync) finds it within the horizon, it
+// waits there and is evicted at its deadline, not before.
 func TestQueueHorizon(t *testing.T) {
 	deadline := epoch.Add(time.Hour)
-	h := newHarness(t, deleter.Options{QueueHorizon: 10 * time.Minute}, recordedPod("web", "uid-web", deadline))
+	broken := recordedPod("broken", "uid-broken", deadline)
+	broken.Labels[record.DeadlineLabel] = "soon"
+	h := newHarness(t, deleter.Options{QueueHorizon: 10 * time.Minute},
+		recordedPod("web", "uid-web", deadline), broken)
 	h.start()
 	h.drain()
 	if got := h.clock.Waiters(); got != h.idle {
 		t.Fatalf("clock waiters = %d, want %d: a pod due in an hour waits in the queue", got, h.idle)
 	}
+	if got := metricValue(t, h.reg, "exec_reaper_deleter_queued_total"); got != 2 {
+		t.Fatalf("queued = %v, want 2: the invalid record and drain's sentinel, not the pod due in an hour", got)
+	}
+	if got := h.events.about("broken", deleter.ReasonInvalidRecord); len(got) != 1 {
+		t.Fatalf("InvalidRecord events = %+v, want one", got)
+	}
 	h.clock.Step(55 * time.Minute)
 	h.update("web", func(p *metav1.PartialObjectMetadata) { p.ResourceVersion = "" }) // as a resync would
 	h.waitDelayed()
+	if got := metricValue(t, h.reg, "exec_reaper_deleter_queued_total"); got != 3 {
+		t.Fatalf("queued = %v, want 3: and the pod now due within the horizon", got)
+	}
 	if got := h.evictions("web"); len(got) != 0 {
 		t.Fatalf("evicted before the deadline: %v", got)
 	}
