@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -40,6 +42,11 @@ type versionedAPI struct {
 	beforeGet func(n int64)
 	// beforePatch, if set, runs before each PATCH is applied.
 	beforePatch func(n int64)
+	// cache, if set, answers a GET with resourceVersion "0" (served by the
+	// API server's watch cache, which may lag): a copy of a pod, or an error
+	// (NotFound: the pod is too new for it). cacheGets counts those GETs.
+	cache     func() (*corev1.Pod, error)
+	cacheGets atomic.Int64
 }
 
 func newVersionedAPI(objects ...runtime.Object) *versionedAPI {
@@ -59,6 +66,13 @@ func newVersionedAPI(objects ...runtime.Object) *versionedAPI {
 		n := a.gets.Add(1)
 		if a.beforeGet != nil {
 			a.beforeGet(n)
+		}
+		if act.(clienttesting.GetActionImpl).GetGetOptions().ResourceVersion == "0" {
+			a.cacheGets.Add(1)
+			if a.cache != nil {
+				pod, err := a.cache()
+				return true, pod, err
+			}
 		}
 		return false, nil, nil
 	})
@@ -300,5 +314,90 @@ func TestRecorderConcurrentPods(t *testing.T) {
 	}
 	if p := api.patches.Load(); p > pods*perPod {
 		t.Errorf("%d PATCHes for %d entries", p, pods*perPod)
+	}
+}
+
+// TestRecorderReadsTheWatchCacheFirst: a batch's first read is served by
+// the API server's watch cache (resourceVersion "0": no etcd read on the
+// admission path), and a copy that may be stale decides nothing without a
+// write bound to its resourceVersion: a stale copy costs a 409 and a fresh
+// read, a pod too new for the cache a fresh read, and a copy that says the
+// pod is going (it may be an earlier pod of the same name) or that nothing
+// needs writing (a record since lifted) is read again. Every entry is
+// recorded, on the pod that exists.
+func TestRecorderReadsTheWatchCacheFirst(t *testing.T) {
+	podsGVR := corev1.SchemeGroupVersion.WithResource("pods")
+	stale := newPod(nil)
+	stale.ResourceVersion = "6"
+	going := newPod(nil)
+	going.UID = "an-earlier-pod-of-that-name"
+	going.DeletionTimestamp = &metav1.Time{Time: t0}
+	for _, tt := range []struct {
+		name string
+		// cache answers the read from the cache; nil: the live pod.
+		cache func(a *versionedAPI) (*corev1.Pod, error)
+		// lifted: the entry was recorded, the cache keeps that copy, and
+		// the record has since been lifted from the live pod.
+		lifted                 bool
+		wantFresh, wantPatches int64
+	}{
+		{name: "up to date", wantFresh: 0, wantPatches: 1},
+		{name: "stale", cache: func(*versionedAPI) (*corev1.Pod, error) { return stale.DeepCopy(), nil }, wantFresh: 1, wantPatches: 2},
+		{name: "too new for the cache", cache: func(*versionedAPI) (*corev1.Pod, error) {
+			return nil, apierrors.NewNotFound(podsGVR.GroupResource(), podName)
+		}, wantFresh: 1, wantPatches: 1},
+		{name: "an earlier pod going", cache: func(*versionedAPI) (*corev1.Pod, error) { return going.DeepCopy(), nil }, wantFresh: 1, wantPatches: 1},
+		{name: "a record since lifted", lifted: true, wantFresh: 1, wantPatches: 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			api := newVersionedAPI(newPod(nil))
+			rec := provider.NewRecorder(api.cs, clocktesting.NewFakeClock(t0), nil)
+			ctx, cancel := context.WithTimeout(quiet(), pollTimeout)
+			defer cancel()
+			req := burstEntry(t, 0, "1h")
+			if tt.lifted {
+				if _, err := rec.Record(ctx, req); err != nil {
+					t.Fatal(err)
+				}
+				recorded := getPod(t, api.cs)
+				tt.cache = func(*versionedAPI) (*corev1.Pod, error) { return recorded.DeepCopy(), nil }
+				lifted := recorded.DeepCopy()
+				for k := range lifted.Labels {
+					if strings.HasPrefix(k, record.Prefix) {
+						delete(lifted.Labels, k)
+					}
+				}
+				for k := range lifted.Annotations {
+					if strings.HasPrefix(k, record.Prefix) {
+						delete(lifted.Annotations, k)
+					}
+				}
+				api.bump(lifted)
+				if err := api.cs.Tracker().Update(podsGVR, lifted, namespace); err != nil {
+					t.Fatal(err)
+				}
+				api.gets.Store(0)
+				api.cacheGets.Store(0)
+				api.patches.Store(0)
+			}
+			if tt.cache != nil {
+				api.cache = func() (*corev1.Pod, error) { return tt.cache(api) }
+			}
+			res, err := rec.Record(ctx, req)
+			if err != nil {
+				t.Fatalf("Record: %v", err)
+			}
+			pod := getPod(t, api.cs)
+			r, err := record.Read(pod.Labels, pod.Annotations)
+			if err != nil || r.Entries != 1 || r.PodUID != podUID || !res.Deadline.Equal(t0.Add(time.Hour)) {
+				t.Fatalf("record %+v (%v), answer %+v: want the entry recorded on pod %s, due in an hour", r, err, res, podUID)
+			}
+			if c := api.cacheGets.Load(); c != 1 {
+				t.Errorf("%d reads from the cache, want 1 (the first)", c)
+			}
+			if fresh, p := api.gets.Load()-api.cacheGets.Load(), api.patches.Load(); fresh != tt.wantFresh || p != tt.wantPatches {
+				t.Errorf("%d fresh reads and %d PATCHes, want %d and %d", fresh, p, tt.wantFresh, tt.wantPatches)
+			}
+		})
 	}
 }

@@ -191,13 +191,32 @@ func (r *Recorder) writeBatch(key types.NamespacedName, calls []*call, base *cor
 	}
 	pods := r.client.CoreV1().Pods(key.Namespace)
 	pod := base
+	// The first read of a batch is served by the API server's watch cache
+	// (resourceVersion "0"): no etcd read, on the admission path. The write
+	// is bound to the resourceVersion read, so a stale copy costs a 409 and
+	// a read from etcd, never a lost entry; and nothing is decided without a
+	// write from a copy that may be stale (or another incarnation's).
+	fromCache := pod == nil
 	for conflicts := 0; ; {
 		fromBase := pod != nil
 		if pod == nil {
+			opts := metav1.GetOptions{}
+			if fromCache {
+				opts.ResourceVersion = "0"
+			}
 			var err error
-			if pod, err = pods.Get(ctx, key.Name, metav1.GetOptions{}); err != nil {
+			if pod, err = pods.Get(ctx, key.Name, opts); err != nil {
+				if fromCache && apierrors.IsNotFound(err) {
+					pod, fromCache = nil, false // a pod too new for the cache
+					continue
+				}
 				return failAll("reading", err)
 			}
+		}
+		if pod.DeletionTimestamp != nil && fromCache {
+			// Going, in a copy that may be another pod's of the same name.
+			pod, fromCache = nil, false
+			continue
 		}
 		if pod.DeletionTimestamp != nil {
 			// Already going: nothing to keep alive, but say when.
@@ -208,10 +227,11 @@ func (r *Recorder) writeBatch(key types.NamespacedName, calls []*call, base *cor
 		}
 		b := r.fold(ctx, pod, live)
 		if b.patch == nil {
-			if fromBase {
+			if fromBase || fromCache {
 				// Nothing to write proves nothing about a pod known only
-				// from the last write: read it.
-				pod = nil
+				// from the last write or from the cache (a record since
+				// lifted, say): read it.
+				pod, fromCache = nil, false
 				continue
 			}
 			for i, c := range live {
@@ -221,9 +241,10 @@ func (r *Recorder) writeBatch(key types.NamespacedName, calls []*call, base *cor
 		}
 		updated, err := pods.Patch(ctx, key.Name, types.MergePatchType, b.patch, metav1.PatchOptions{FieldManager: FieldManager}, "status")
 		if apierrors.IsConflict(err) {
-			if !fromBase {
-				conflicts++
+			if !fromBase && !fromCache {
+				conflicts++ // another writer, not a stale copy
 			}
+			fromCache = false
 			if conflicts < maxConflicts {
 				pod = nil
 				continue
