@@ -237,10 +237,10 @@ func TestHandlerRecords(t *testing.T) {
 				First: alice.Entry(t0), Last: alice.Entry(t0)},
 		},
 		{
-			name:        "terminating pod is left alone",
-			pod:         terminating,
-			keys:        []string{keyFor(t, alice)},
-			want:        []item{{outcome: record.OutcomeRepeat, deadline: t0.Add(30 * time.Second)}},
+			name: "terminating pod is left alone",
+			pod:  terminating,
+			keys: []string{keyFor(t, alice)},
+			want: []item{{outcome: record.OutcomeRepeat, deadline: t0.Add(30 * time.Second)}},
 			// The watch cache's copy may be an earlier pod's: read again.
 			wantPatches: 0, wantGets: 2,
 		},
@@ -255,11 +255,11 @@ func TestHandlerRecords(t *testing.T) {
 				First: alice.Entry(t0), Last: alice.Entry(t0)},
 		},
 		{
-			name:        "conflict every time gives up",
-			pod:         newPod(nil),
-			setup:       conflicts(1000),
-			keys:        []string{keyFor(t, alice)},
-			want:        []item{{err: "writing record on pod team-a/web-0"}},
+			name:  "conflict every time gives up",
+			pod:   newPod(nil),
+			setup: conflicts(1000),
+			keys:  []string{keyFor(t, alice)},
+			want:  []item{{err: "writing record on pod team-a/web-0"}},
 			// The first 409 is put down to the watch cache's copy.
 			wantPatches: 6, wantGets: 6,
 		},
@@ -288,9 +288,9 @@ func TestHandlerRecords(t *testing.T) {
 			wantPatches: 1, wantGets: 1,
 		},
 		{
-			name:        "missing pod",
-			keys:        []string{keyFor(t, alice)},
-			want:        []item{{err: "pod team-a/web-0 not found"}},
+			name: "missing pod",
+			keys: []string{keyFor(t, alice)},
+			want: []item{{err: "pod team-a/web-0 not found"}},
 			// Too new for the watch cache, perhaps: read again.
 			wantPatches: 0, wantGets: 2,
 		},
