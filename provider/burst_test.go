@@ -379,6 +379,9 @@ func TestRecorderReadsTheWatchCacheFirst(t *testing.T) {
 				api.gets.Store(0)
 				api.cacheGets.Store(0)
 				api.patches.Store(0)
+				// A replica that did not write it, so it has no copy of
+				// its own (TestRecorderStartsFromItsLastWrite).
+				rec = provider.NewRecorder(api.cs, clocktesting.NewFakeClock(t0), nil)
 			}
 			if tt.cache != nil {
 				api.cache = func() (*corev1.Pod, error) { return tt.cache(api) }
@@ -399,5 +402,46 @@ func TestRecorderReadsTheWatchCacheFirst(t *testing.T) {
 				t.Errorf("%d fresh reads and %d PATCHes, want %d and %d", fresh, p, tt.wantFresh, tt.wantPatches)
 			}
 		})
+	}
+}
+
+// TestRecorderStartsFromItsLastWrite: an entry into a pod the recorder wrote
+// less than two seconds before starts from the pod that write returned, with
+// no read (the watch cache may not have the write yet); a change by another
+// writer since costs a 409 and a read from etcd; later than that, it reads
+// the watch cache again.
+func TestRecorderStartsFromItsLastWrite(t *testing.T) {
+	api := newVersionedAPI(newPod(nil))
+	clk := clocktesting.NewFakeClock(t0)
+	rec := provider.NewRecorder(api.cs, clk, nil)
+	ctx, cancel := context.WithTimeout(quiet(), pollTimeout)
+	defer cancel()
+	record1 := func(i int) {
+		t.Helper()
+		if _, err := rec.Record(ctx, burstEntry(t, i, "1h")); err != nil {
+			t.Fatalf("entry %d: %v", i, err)
+		}
+	}
+	check := func(step string, cacheGets, gets, patches int64) {
+		t.Helper()
+		if c, g, p := api.cacheGets.Load(), api.gets.Load(), api.patches.Load(); c != cacheGets || g != gets || p != patches {
+			t.Errorf("%s: %d cache reads, %d reads, %d PATCHes in all; want %d, %d, %d", step, c, g, p, cacheGets, gets, patches)
+		}
+	}
+	record1(0)
+	check("first entry", 1, 1, 1)
+	clk.Step(time.Second)
+	record1(1)
+	check("an entry 1 s later", 1, 1, 2)
+	api.otherWriter(t)
+	clk.Step(time.Second / 2)
+	record1(2)
+	check("after another writer", 1, 2, 4)
+	clk.Step(3 * time.Second)
+	record1(3)
+	check("3 s later", 2, 3, 5)
+	pod := getPod(t, api.cs)
+	if r, err := record.Read(pod.Labels, pod.Annotations); err != nil || r.Entries != 4 || pod.Annotations["other-writer"] == "" {
+		t.Errorf("record %+v (%v), other writer's annotation %q: want 4 entries and the other writer's change kept", r, err, pod.Annotations["other-writer"])
 	}
 }

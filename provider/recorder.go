@@ -52,6 +52,22 @@ type Recorder struct {
 	// queues holds, for each pod being written, the entries that wait for
 	// the next write; a pod is in it while its writer goroutine runs.
 	queues map[types.NamespacedName]*podQueue
+	// written holds, for a short while (recentWrite), the pod as the last
+	// writer's PATCH returned it, for the next writer to start from: the
+	// watch cache may not have the write yet, and a stale read costs a 409
+	// and a second read. It is as trustworthy as the cache's copy (a write
+	// bound to its resourceVersion proves it, see writeBatch).
+	written map[types.NamespacedName]writtenPod
+}
+
+// recentWrite is how long the pod a write returned is kept for the next
+// entry into it.
+const recentWrite = 2 * time.Second
+
+// writtenPod is the pod as a PATCH returned it, and when.
+type writtenPod struct {
+	pod *corev1.Pod
+	at  time.Time
 }
 
 // podQueue is what waits for one pod's writer.
@@ -72,7 +88,8 @@ type call struct {
 // NewRecorder returns a Recorder that writes through client and announces new
 // entries through events, which may be nil.
 func NewRecorder(client kubernetes.Interface, clk clock.Clock, events *EventSink) *Recorder {
-	return &Recorder{client: client, clock: clk, events: events, queues: map[types.NamespacedName]*podQueue{}}
+	return &Recorder{client: client, clock: clk, events: events,
+		queues: map[types.NamespacedName]*podQueue{}, written: map[types.NamespacedName]writtenPod{}}
 }
 
 // Record writes req's entry onto its pod, made now (see RecordAt).
@@ -143,6 +160,14 @@ func (r *Recorder) RecordAt(ctx context.Context, req Request, at time.Time) (Res
 // depend on a race).
 func (r *Recorder) drain(key types.NamespacedName, q *podQueue) {
 	var base *corev1.Pod // the pod as the previous batch left it
+	r.mu.Lock()
+	if w, ok := r.written[key]; ok {
+		delete(r.written, key)
+		if r.clock.Since(w.at) < recentWrite {
+			base = w.pod
+		}
+	}
+	r.mu.Unlock()
 	var answered []*call
 	for {
 		r.mu.Lock()
@@ -150,6 +175,7 @@ func (r *Recorder) drain(key types.NamespacedName, q *podQueue) {
 		q.pending = nil
 		if len(calls) == 0 {
 			delete(r.queues, key)
+			r.keepWritten(key, base)
 		}
 		r.mu.Unlock()
 		for _, c := range answered {
@@ -161,6 +187,24 @@ func (r *Recorder) drain(key types.NamespacedName, q *podQueue) {
 		base = r.writeBatch(key, calls, base)
 		answered = calls
 	}
+}
+
+// keepWritten keeps pod, as a write returned it, for the next writer of key,
+// and forgets what is older than recentWrite once many are kept. r.mu is
+// held.
+func (r *Recorder) keepWritten(key types.NamespacedName, pod *corev1.Pod) {
+	if pod == nil || pod.DeletionTimestamp != nil {
+		return // going: the next entry may be into a new pod of that name
+	}
+	now := r.clock.Now()
+	if len(r.written) >= 256 {
+		for k, w := range r.written {
+			if now.Sub(w.at) >= recentWrite {
+				delete(r.written, k)
+			}
+		}
+	}
+	r.written[key] = writtenPod{pod: pod, at: now}
 }
 
 // settle sets c's answer; drain delivers it.
@@ -213,7 +257,7 @@ func (r *Recorder) writeBatch(key types.NamespacedName, calls []*call, base *cor
 				return failAll("reading", err)
 			}
 		}
-		if pod.DeletionTimestamp != nil && fromCache {
+		if pod.DeletionTimestamp != nil && (fromCache || fromBase) {
 			// Going, in a copy that may be another pod's of the same name.
 			pod, fromCache = nil, false
 			continue
