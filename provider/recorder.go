@@ -189,9 +189,14 @@ func (r *Recorder) drain(key types.NamespacedName, q *podQueue) {
 	}
 }
 
-// keepWritten keeps pod, as a write returned it, for the next writer of key,
-// and forgets what is older than recentWrite once many are kept. r.mu is
-// held.
+// maxWritten bounds how many pods are kept for their next writer: a burst
+// into more pods than that within recentWrite reads the rest.
+const maxWritten = 1024
+
+// keepWritten keeps pod, as a write returned it, for the next writer of key:
+// only the metadata a write and its Event use. What is older than
+// recentWrite is forgotten once many are kept, and no more than maxWritten
+// are. r.mu is held.
 func (r *Recorder) keepWritten(key types.NamespacedName, pod *corev1.Pod) {
 	if pod == nil || pod.DeletionTimestamp != nil {
 		return // going: the next entry may be into a new pod of that name
@@ -204,7 +209,13 @@ func (r *Recorder) keepWritten(key types.NamespacedName, pod *corev1.Pod) {
 			}
 		}
 	}
-	r.written[key] = writtenPod{pod: pod, at: now}
+	if len(r.written) >= maxWritten {
+		return
+	}
+	r.written[key] = writtenPod{at: now, pod: &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
+		Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, ResourceVersion: pod.ResourceVersion,
+		Labels: pod.Labels, Annotations: pod.Annotations,
+	}}}
 }
 
 // settle sets c's answer; drain delivers it.
