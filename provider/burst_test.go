@@ -445,3 +445,54 @@ func TestRecorderStartsFromItsLastWrite(t *testing.T) {
 		t.Errorf("record %+v (%v), other writer's annotation %q: want 4 entries and the other writer's change kept", r, err, pod.Annotations["other-writer"])
 	}
 }
+
+// TestRecorderKeepsABoundedNumberOfWrites: entries into more pods than
+// MaxWritten within two seconds keep only MaxWritten of them for their next
+// writer; an entry into one of the others reads the watch cache again, and
+// is recorded all the same.
+func TestRecorderKeepsABoundedNumberOfWrites(t *testing.T) {
+	const pods = provider.MaxWritten + 1
+	objects := make([]runtime.Object, 0, pods)
+	for p := range pods {
+		pod := newPod(nil)
+		pod.Name = fmt.Sprintf("web-%d", p)
+		pod.UID = types.UID(fmt.Sprintf("%s-%d", podUID, p))
+		objects = append(objects, pod)
+	}
+	api := newVersionedAPI(objects...)
+	rec := provider.NewRecorder(api.cs, clocktesting.NewFakeClock(t0), nil)
+	ctx, cancel := context.WithTimeout(quiet(), pollTimeout)
+	defer cancel()
+	entry := func(i, p int) {
+		t.Helper()
+		req := burstEntry(t, i, "1h")
+		req.Name = fmt.Sprintf("web-%d", p)
+		if _, err := rec.Record(ctx, req); err != nil {
+			t.Fatalf("entry %d into web-%d: %v", i, p, err)
+		}
+	}
+	for p := range pods {
+		entry(p, p)
+	}
+	if c := api.cacheGets.Load(); c != pods {
+		t.Fatalf("%d reads of the cache, want one per pod (%d)", c, pods)
+	}
+	entry(pods, 0) // kept: no read
+	if c := api.cacheGets.Load(); c != pods {
+		t.Errorf("an entry into a kept pod read the cache (%d reads, want %d)", c, pods)
+	}
+	entry(pods+1, pods-1) // the one past the bound: read again
+	if c := api.cacheGets.Load(); c != pods+1 {
+		t.Errorf("an entry into the pod past the bound: %d reads of the cache in all, want %d", c, pods+1)
+	}
+	for _, p := range []int{0, pods - 1} {
+		obj, err := api.cs.Tracker().Get(corev1.SchemeGroupVersion.WithResource("pods"), namespace, fmt.Sprintf("web-%d", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod := obj.(*corev1.Pod)
+		if r, err := record.Read(pod.Labels, pod.Annotations); err != nil || r.Entries != 2 {
+			t.Errorf("pod %s: %d entries (%v), want 2", pod.Name, r.Entries, err)
+		}
+	}
+}

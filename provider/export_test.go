@@ -12,3 +12,6 @@ func (r *Recorder) Waiting(namespace, name string) int {
 	}
 	return 0
 }
+
+// MaxWritten is how many pods are kept for their next writer.
+const MaxWritten = maxWritten
