@@ -270,19 +270,24 @@ func TestRecorderCoalescesABurst(t *testing.T) {
 	}
 }
 
-// TestRecorderConcurrentPods: entries into several pods at once, with no
-// lining up, under the race detector: all recorded, none failed, no more
-// writes than entries.
-func TestRecorderConcurrentPods(t *testing.T) {
-	const pods, perPod = 5, 40
-	var objects []runtime.Object
-	for p := range pods {
+// numberedPods returns n test pods, web-0 to web-(n-1), each its own UID.
+func numberedPods(n int) []runtime.Object {
+	objects := make([]runtime.Object, 0, n)
+	for p := range n {
 		pod := newPod(nil)
 		pod.Name = fmt.Sprintf("web-%d", p)
 		pod.UID = types.UID(fmt.Sprintf("%s-%d", podUID, p))
 		objects = append(objects, pod)
 	}
-	api := newVersionedAPI(objects...)
+	return objects
+}
+
+// TestRecorderConcurrentPods: entries into several pods at once, with no
+// lining up, under the race detector: all recorded, none failed, no more
+// writes than entries.
+func TestRecorderConcurrentPods(t *testing.T) {
+	const pods, perPod = 5, 40
+	api := newVersionedAPI(numberedPods(pods)...)
 	rec := provider.NewRecorder(api.cs, clocktesting.NewFakeClock(t0), nil)
 	ctx, cancel := context.WithTimeout(quiet(), pollTimeout)
 	defer cancel()
@@ -452,14 +457,7 @@ func TestRecorderStartsFromItsLastWrite(t *testing.T) {
 // is recorded all the same.
 func TestRecorderKeepsABoundedNumberOfWrites(t *testing.T) {
 	const pods = provider.MaxWritten + 1
-	objects := make([]runtime.Object, 0, pods)
-	for p := range pods {
-		pod := newPod(nil)
-		pod.Name = fmt.Sprintf("web-%d", p)
-		pod.UID = types.UID(fmt.Sprintf("%s-%d", podUID, p))
-		objects = append(objects, pod)
-	}
-	api := newVersionedAPI(objects...)
+	api := newVersionedAPI(numberedPods(pods)...)
 	rec := provider.NewRecorder(api.cs, clocktesting.NewFakeClock(t0), nil)
 	ctx, cancel := context.WithTimeout(quiet(), pollTimeout)
 	defer cancel()

@@ -187,10 +187,7 @@ func newAdmEnv(b *testing.B) (*admEnv, error) {
 func (e *admEnv) exec(ctx context.Context, ns, pod string) string {
 	ctx, cancel := context.WithTimeout(ctx, admTimeout)
 	defer cancel()
-	err := e.client.CoreV1().RESTClient().Post().Namespace(ns).Resource("pods").Name(pod).SubResource("exec").
-		Param("container", "app").Param("command", "sh").Param("command", "-c").
-		Param("command", fmt.Sprintf("echo adm-%d", e.seq)).Param("stdout", "true").
-		Do(ctx).Error()
+	err := execRequest(e.client, ns, pod, fmt.Sprintf("adm-%d", e.seq)).Do(ctx).Error()
 	switch {
 	case err == nil, strings.Contains(err.Error(), "does not have a host assigned"):
 		return "admitted" // admitted, then no node to connect to

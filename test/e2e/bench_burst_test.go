@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/exec-reaper/exec-reaper/record"
@@ -248,10 +249,7 @@ func (e *burstEnv) burst(b *testing.B, n int, pods []string) burstResult {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), burstTimeout)
 			defer cancel()
-			req := e.clients[i%burstUsers].CoreV1().RESTClient().Post().Namespace(burstNS).Resource("pods").
-				Name(pods[i%len(pods)]).SubResource("exec").
-				Param("container", "app").Param("command", "sh").Param("command", "-c").
-				Param("command", fmt.Sprintf("echo burst-%d", base+i)).Param("stdout", "true")
+			req := execRequest(e.clients[i%burstUsers], burstNS, pods[i%len(pods)], fmt.Sprintf("burst-%d", base+i))
 			<-start
 			t0 := time.Now()
 			err := req.Do(ctx).Error()
@@ -298,6 +296,15 @@ func (e *burstEnv) burst(b *testing.B, n int, pods []string) burstResult {
 		r.gatekeeperMs = 1000 * (gSum2 - gSum) / (gCount2 - gCount)
 	}
 	return r
+}
+
+// execRequest is one exec into pod of ns as kubectl's first request is (a
+// REST CONNECT POST to pods/exec) running `echo word`, so that each word makes
+// a distinct entry.
+func execRequest(client kubernetes.Interface, ns, pod, word string) *rest.Request {
+	return client.CoreV1().RESTClient().Post().Namespace(ns).Resource("pods").Name(pod).SubResource("exec").
+		Param("container", "app").Param("command", "sh").Param("command", "-c").
+		Param("command", "echo "+word).Param("stdout", "true")
 }
 
 func uniq(s []string) []string {
