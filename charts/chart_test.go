@@ -623,7 +623,7 @@ func expectedRBAC(ns string, mode deleterMode, leaderElection bool) rbac {
 			deleter = append(deleter, rule("", "pods", nil, "patch"), rule("networking.k8s.io", "networkpolicies", nil, "create"))
 		}
 	}
-	deleter = append(deleter, rule("events.k8s.io", "events", nil, "create", "patch"),
+	deleter = append(deleter, rule("", "events", nil, "create", "patch"),
 		rbacv1.PolicyRule{APIGroups: []string{"admissionregistration.k8s.io"},
 			Resources:     []string{"validatingadmissionpolicies", "validatingadmissionpolicybindings"},
 			ResourceNames: []string{"exec-reaper-record-guard"}, Verbs: []string{"get"}})

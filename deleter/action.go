@@ -11,11 +11,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 )
 
@@ -90,9 +87,9 @@ type Action interface {
 type Evict struct {
 	// Client makes the Eviction call, and the GET that tells a replaced pod
 	// from a conflicting budget update.
-	Client kubernetes.Interface
+	Client API
 	// Recorder reports on the pod.
-	Recorder events.EventRecorder
+	Recorder EventRecorder
 }
 
 // Name implements Action.
@@ -103,11 +100,7 @@ func (a *Evict) Act(ctx context.Context, t Target) (Result, error) {
 	log := klog.FromContext(ctx)
 	callCtx, cancel := context.WithTimeout(ctx, evictTimeout)
 	defer cancel()
-	uid := t.UID
-	err := a.Client.PolicyV1().Evictions(t.Namespace).Evict(callCtx, &policyv1.Eviction{
-		ObjectMeta:    metav1.ObjectMeta{Name: t.Name, Namespace: t.Namespace},
-		DeleteOptions: &metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}},
-	})
+	err := a.Client.Evict(callCtx, t.Namespace, t.Name, t.UID)
 	switch {
 	case err == nil:
 		evictionsTotal.WithLabelValues("evicted").Inc()
@@ -142,7 +135,7 @@ func (a *Evict) Act(ctx context.Context, t Target) (Result, error) {
 
 // conflict resolves a 409 from the Eviction API by reading the pod.
 func (a *Evict) conflict(ctx context.Context, t Target, evictErr error) error {
-	pod, err := a.Client.CoreV1().Pods(t.Namespace).Get(ctx, t.Name, metav1.GetOptions{})
+	pod, err := a.Client.GetPod(ctx, t.Namespace, t.Name)
 	switch {
 	case apierrors.IsNotFound(err):
 		evictionsTotal.WithLabelValues("gone").Inc()
@@ -185,7 +178,7 @@ func multipleBudgets(err error) bool {
 // DryRun reports, once per pod, what Evict would do.
 type DryRun struct {
 	// Recorder reports on the pod.
-	Recorder events.EventRecorder
+	Recorder EventRecorder
 
 	// announced remembers pods already reported, so a resync does not report
 	// them again.
@@ -212,11 +205,10 @@ func (a *DryRun) Forget(uid types.UID) { a.announced.Delete(uid) }
 
 // deletePod deletes t's pod, bound to its UID: the escalation for a pod whose
 // eviction stays refused. It bypasses PodDisruptionBudgets on purpose.
-func deletePod(ctx context.Context, client kubernetes.Interface, recorder events.EventRecorder, t Target, refused error, waited time.Duration) error {
+func deletePod(ctx context.Context, client API, recorder EventRecorder, t Target, refused error, waited time.Duration) error {
 	callCtx, cancel := context.WithTimeout(ctx, evictTimeout)
 	defer cancel()
-	uid := t.UID
-	err := client.CoreV1().Pods(t.Namespace).Delete(callCtx, t.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+	err := client.DeletePod(callCtx, t.Namespace, t.Name, t.UID)
 	switch {
 	case err == nil:
 		evictionsTotal.WithLabelValues("deleted").Inc()

@@ -17,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
+
+	"github.com/exec-reaper/exec-reaper/internal/kubetest"
 )
 
 // notes is an events.EventRecorder keeping "Reason: note" lines.
@@ -68,7 +70,7 @@ func TestEvictClassifiesAnswers(t *testing.T) {
 			}
 			before := metricCount(t, tc.result)
 			rec := &notes{}
-			a := &Evict{Client: client, Recorder: rec}
+			a := &Evict{Client: kubetest.API{Interface: client}, Recorder: rec}
 			res, err := a.Act(context.Background(), Target{Namespace: "ns", Name: "web", UID: "uid-web", Deadline: time.Unix(0, 0), Kind: KindBare})
 			switch {
 			case tc.wantErr != nil && !errors.Is(err, tc.wantErr):

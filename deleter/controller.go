@@ -21,10 +21,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata/metadatalister"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -161,7 +159,7 @@ func (o *Options) Validate() error {
 
 // Controller evicts recorded pods at their deadlines.
 type Controller struct {
-	client kubernetes.Interface
+	client API
 	pods   metadatalister.Lister
 	synced cache.InformerSynced
 	queue  workqueue.TypedRateLimitingInterface[cache.ObjectName]
@@ -170,7 +168,7 @@ type Controller struct {
 	// other errors: waiting on a budget must not use up that allowance.
 	refusals workqueue.TypedRateLimiter[cache.ObjectName]
 	clock    clock.Clock
-	recorder events.EventRecorder
+	recorder EventRecorder
 	opts     Options
 
 	// action is what is done with a due pod whose record asks for nothing
@@ -207,8 +205,8 @@ type Controller struct {
 
 // NewController returns a controller fed by informer, a metadata informer
 // on pods that lists only recorded pods (see NewPodInformer).
-func NewController(client kubernetes.Interface, informer cache.SharedIndexInformer, clk clock.WithTicker,
-	recorder events.EventRecorder, opts Options) (*Controller, error) {
+func NewController(client API, informer cache.SharedIndexInformer, clk clock.WithTicker,
+	recorder EventRecorder, opts Options) (*Controller, error) {
 	opts.Default()
 	if err := opts.Validate(); err != nil {
 		return nil, err

@@ -29,6 +29,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/deleter"
+	"github.com/exec-reaper/exec-reaper/internal/kubetest"
 	"github.com/exec-reaper/exec-reaper/record"
 )
 
@@ -242,7 +243,7 @@ func newHarness(t *testing.T, opts deleter.Options, pods ...*corev1.Pod) *harnes
 		reg:    prometheus.NewRegistry(),
 	}
 	h.informer = deleter.NewPodInformer(h.meta, 0)
-	ctrl, err := deleter.NewController(h.client, h.informer, h.clock, h.events, opts)
+	ctrl, err := deleter.NewController(kubetest.API{Interface: h.client}, h.informer, h.clock, h.events, opts)
 	if err != nil {
 		t.Fatalf("NewController: %v", err)
 	}

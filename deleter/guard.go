@@ -9,8 +9,6 @@ import (
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/clock"
 )
 
@@ -24,7 +22,7 @@ const GuardRecheck = 10 * time.Second
 // evict any pod, would evict on their behalf. So while the guard is missing
 // or not denying, the deleter evicts nothing and says why.
 type guard struct {
-	client kubernetes.Interface
+	client API
 	name   string
 	clock  clock.Clock
 
@@ -52,8 +50,7 @@ func (g *guard) check(ctx context.Context) error {
 
 func (g *guard) look(ctx context.Context) error {
 	const fix = "reinstall exec-reaper's chart with guard.enabled=true, or run the deleter with --guard-policy= to trust records without it"
-	adm := g.client.AdmissionregistrationV1()
-	policy, err := adm.ValidatingAdmissionPolicies().Get(ctx, g.name, metav1.GetOptions{})
+	policy, err := g.client.GetValidatingAdmissionPolicy(ctx, g.name)
 	switch {
 	case apierrors.IsNotFound(err):
 		return fmt.Errorf("the record guard ValidatingAdmissionPolicy %s does not exist, so records may be forged; %s", g.name, fix)
@@ -62,7 +59,7 @@ func (g *guard) look(ctx context.Context) error {
 	case policy.Spec.FailurePolicy != nil && *policy.Spec.FailurePolicy != admissionregistrationv1.Fail:
 		return fmt.Errorf("the record guard ValidatingAdmissionPolicy %s has failurePolicy %s, so a write it cannot evaluate passes; %s", g.name, *policy.Spec.FailurePolicy, fix)
 	}
-	binding, err := adm.ValidatingAdmissionPolicyBindings().Get(ctx, g.name, metav1.GetOptions{})
+	binding, err := g.client.GetValidatingAdmissionPolicyBinding(ctx, g.name)
 	switch {
 	case apierrors.IsNotFound(err):
 		return fmt.Errorf("the record guard's ValidatingAdmissionPolicyBinding %s does not exist, so the guard is not in force; %s", g.name, fix)

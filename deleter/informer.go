@@ -1,13 +1,15 @@
 package deleter
 
 import (
+	"context"
 	"time"
 	"unique"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/metadata"
-	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/exec-reaper/exec-reaper/record"
@@ -37,9 +39,23 @@ var podType = metav1.TypeMeta{APIVersion: corev1.SchemeGroupVersion.String(), Ki
 // With client-go's WatchListClient (on by default) and an API server that
 // streams the initial list, each pod is stripped as it arrives, so the
 // initial list never holds whole objects at once either.
+//
+// It is built on tools/cache directly, not client-go's metadatainformer, which
+// imports the clientset's scheme (see API).
 func NewPodInformer(client metadata.Interface, resync time.Duration) cache.SharedIndexInformer {
-	informer := metadatainformer.NewFilteredMetadataInformer(client, PodsResource, metav1.NamespaceAll, resync,
-		cache.Indexers{}, ListOptions).Informer()
+	pods := client.Resource(PodsResource).Namespace(metav1.NamespaceAll)
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			ListOptions(&o)
+			return pods.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			ListOptions(&o)
+			return pods.Watch(ctx, o)
+		},
+	}
+	informer := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, client),
+		&metav1.PartialObjectMetadata{}, resync, cache.Indexers{})
 	// SetTransform fails only on a started informer; this one is new.
 	_ = informer.SetTransform(StripPod)
 	return informer

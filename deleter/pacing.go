@@ -11,7 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/clock"
 )
 
@@ -277,35 +276,34 @@ func (p *pacer) heldCount() int {
 // ReplicaSet, StatefulSet or ReplicationController (Ready of spec.replicas)
 // and a DaemonSet (Ready of the pods it wants scheduled). Jobs and other
 // controllers have no such status: only pods in flight count for them.
-func readOwner(client kubernetes.Interface, clk clock.PassiveClock, staleAfter time.Duration) ownerReader {
+func readOwner(client API, clk clock.PassiveClock, staleAfter time.Duration) ownerReader {
 	return func(ctx context.Context, namespace string, owner metav1.OwnerReference) (*ownerState, error) {
 		ctx, cancel := context.WithTimeout(ctx, evictTimeout)
 		defer cancel()
-		get := metav1.GetOptions{}
 		var want int32
 		var selector labels.Selector
 		var err error
 		switch groupKind(owner) {
 		case "apps/ReplicaSet":
-			rs, e := client.AppsV1().ReplicaSets(namespace).Get(ctx, owner.Name, get)
+			rs, e := client.GetReplicaSet(ctx, namespace, owner.Name)
 			if err = e; e == nil {
 				want = replicas(rs.Spec.Replicas)
 				selector, err = metav1.LabelSelectorAsSelector(rs.Spec.Selector)
 			}
 		case "apps/StatefulSet":
-			ss, e := client.AppsV1().StatefulSets(namespace).Get(ctx, owner.Name, get)
+			ss, e := client.GetStatefulSet(ctx, namespace, owner.Name)
 			if err = e; e == nil {
 				want = replicas(ss.Spec.Replicas)
 				selector, err = metav1.LabelSelectorAsSelector(ss.Spec.Selector)
 			}
 		case "apps/DaemonSet":
-			ds, e := client.AppsV1().DaemonSets(namespace).Get(ctx, owner.Name, get)
+			ds, e := client.GetDaemonSet(ctx, namespace, owner.Name)
 			if err = e; e == nil {
 				want = ds.Status.DesiredNumberScheduled
 				selector, err = metav1.LabelSelectorAsSelector(ds.Spec.Selector)
 			}
 		case "/ReplicationController":
-			rc, e := client.CoreV1().ReplicationControllers(namespace).Get(ctx, owner.Name, get)
+			rc, e := client.GetReplicationController(ctx, namespace, owner.Name)
 			if err = e; e == nil {
 				want = replicas(rc.Spec.Replicas)
 				selector = labels.SelectorFromSet(rc.Spec.Selector)
@@ -337,8 +335,8 @@ func readOwner(client kubernetes.Interface, clk clock.PassiveClock, staleAfter t
 // created before it). The owner's status counts Ready pods too, but it lags,
 // and can still count a pod that was just evicted, which would let pacing
 // take the next pod before the first one's replacement is Ready.
-func readyPods(ctx context.Context, client kubernetes.Interface, namespace string, owner types.UID, selector labels.Selector, staleSince time.Time) (*ownerState, error) {
-	pods, err := client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: selector.String()})
+func readyPods(ctx context.Context, client API, namespace string, owner types.UID, selector labels.Selector, staleSince time.Time) (*ownerState, error) {
+	pods, err := client.ListPods(ctx, namespace, selector)
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,8 @@ import (
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
+
+	"github.com/exec-reaper/exec-reaper/internal/kubetest"
 )
 
 // pacingWorld is a pacer's surroundings: the cached pods, the pods taken, and
@@ -234,7 +236,7 @@ func TestReadOwner(t *testing.T) {
 			Status: appsv1.DaemonSetStatus{DesiredNumberScheduled: 1, NumberReady: 1}},
 		readyOf("agent-1", "DaemonSet", "agent", "uid-agent", map[string]string{"app": "agent"}, false),
 	)
-	read := readOwner(client, clocktesting.NewFakeClock(time.Unix(10_000, 0)), time.Minute)
+	read := readOwner(kubetest.API{Interface: client}, clocktesting.NewFakeClock(time.Unix(10_000, 0)), time.Minute)
 	ctx := context.Background()
 	rs, err := read(ctx, "ns", metav1.OwnerReference{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web", UID: "uid-web"})
 	if err != nil || rs == nil || rs.Ready != 2 || rs.Want != 3 || rs.Summary != "ReplicaSet web: 2 of 3 ready" {
@@ -312,7 +314,7 @@ func TestReadOwnerStaleAndUnready(t *testing.T) {
 		pod("pending-old", long, nil, time.Time{}),
 		pod("pending-new", lately, nil, time.Time{}),
 	)
-	s, err := readOwner(client, clocktesting.NewFakeClock(now), time.Minute)(context.Background(), "ns",
+	s, err := readOwner(kubetest.API{Interface: client}, clocktesting.NewFakeClock(now), time.Minute)(context.Background(), "ns",
 		metav1.OwnerReference{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web", UID: "uid-web"})
 	if err != nil {
 		t.Fatal(err)

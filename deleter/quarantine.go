@@ -12,8 +12,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -87,9 +85,9 @@ func quarantined(pod *corev1.Pod) (Quarantine, bool) {
 type Quarantiner struct {
 	// Client reads and patches the pod, creates the NetworkPolicy and deletes
 	// the pod at the end.
-	Client kubernetes.Interface
+	Client API
 	// Recorder reports on the pod.
-	Recorder events.EventRecorder
+	Recorder EventRecorder
 	// Clock tells the time.
 	Clock clock.PassiveClock
 	// Retention is how long a quarantined pod is kept.
@@ -111,7 +109,7 @@ func (a *Quarantiner) Act(ctx context.Context, t Target) (Result, error) {
 	// bounded as one eviction is, so a slow API server cannot hold a worker.
 	ctx, cancel := context.WithTimeout(ctx, 3*evictTimeout)
 	defer cancel()
-	pod, err := a.Client.CoreV1().Pods(t.Namespace).Get(ctx, t.Name, metav1.GetOptions{})
+	pod, err := a.Client.GetPod(ctx, t.Namespace, t.Name)
 	switch {
 	case apierrors.IsNotFound(err):
 		return Result{}, nil
@@ -151,7 +149,7 @@ func (a *Quarantiner) Act(ctx context.Context, t Target) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("encoding the quarantine patch: %w", err)
 	}
-	_, err = a.Client.CoreV1().Pods(t.Namespace).Patch(ctx, t.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	err = a.Client.PatchPod(ctx, t.Namespace, t.Name, types.MergePatchType, patch)
 	switch {
 	case apierrors.IsNotFound(err):
 		return Result{}, nil
@@ -179,7 +177,7 @@ func (a *Quarantiner) isolate(ctx context.Context, pod *corev1.Pod, name string)
 			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
 		},
 	}
-	_, err := a.Client.NetworkingV1().NetworkPolicies(pod.Namespace).Create(ctx, np, metav1.CreateOptions{})
+	err := a.Client.CreateNetworkPolicy(ctx, np)
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating NetworkPolicy %s/%s to isolate the pod: %w", pod.Namespace, name, err)
 	}
@@ -191,8 +189,7 @@ func (a *Quarantiner) retain(ctx context.Context, t Target, q Quarantine) (Resul
 	if left := q.Until.Sub(a.Clock.Now()); left > 0 {
 		return Result{After: left}, nil
 	}
-	uid := t.UID
-	err := a.Client.CoreV1().Pods(t.Namespace).Delete(ctx, t.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+	err := a.Client.DeletePod(ctx, t.Namespace, t.Name, t.UID)
 	switch {
 	case apierrors.IsNotFound(err), apierrors.IsConflict(err):
 		return Result{}, nil

@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/exec-reaper/exec-reaper/internal/kubetest"
 	"github.com/exec-reaper/exec-reaper/record"
 )
 
@@ -23,7 +24,7 @@ func TestQuarantine(t *testing.T) {
 		Labels: map[string]string{"app": "web", "pod-template-hash": "6f9", record.DeadlineLabel: "1899999990", record.PodUIDLabel: "uid-web"}}}
 	client := fake.NewClientset(pod)
 	rec := &notes{}
-	a := &Quarantiner{Client: client, Recorder: rec, Clock: clk, Retention: time.Hour}
+	a := &Quarantiner{Client: kubetest.API{Interface: client}, Recorder: rec, Clock: clk, Retention: time.Hour}
 	target := Target{Object: pod.DeepCopy(), Namespace: "ns", Name: "web-1", UID: "uid-web", Deadline: now.Add(-10 * time.Second), Kind: KindReplicated}
 
 	res, err := a.Act(ctx, target)
@@ -76,7 +77,7 @@ func TestQuarantine(t *testing.T) {
 func TestQuarantineOtherPod(t *testing.T) {
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "ns", UID: "uid-new"}}
 	client := fake.NewClientset(pod)
-	a := &Quarantiner{Client: client, Recorder: &notes{}, Clock: clocktesting.NewFakeClock(time.Now()), Retention: time.Hour}
+	a := &Quarantiner{Client: kubetest.API{Interface: client}, Recorder: &notes{}, Clock: clocktesting.NewFakeClock(time.Now()), Retention: time.Hour}
 	res, err := a.Act(context.Background(), Target{Namespace: "ns", Name: "web-1", UID: "uid-old"})
 	if err != nil || res.Taken {
 		t.Fatalf("%+v, %v; want nothing done", res, err)
@@ -100,7 +101,7 @@ func TestQuarantineForgedRecord(t *testing.T) {
 		Labels:      map[string]string{"app": "web", record.DeadlineLabel: "1899999990", record.PodUIDLabel: "uid-web"},
 		Annotations: map[string]string{QuarantineAnnotation: forged}}}
 	client := fake.NewClientset(pod)
-	a := &Quarantiner{Client: client, Recorder: &notes{}, Clock: clk, Retention: time.Hour}
+	a := &Quarantiner{Client: kubetest.API{Interface: client}, Recorder: &notes{}, Clock: clk, Retention: time.Hour}
 	target := Target{Object: pod.DeepCopy(), Namespace: "ns", Name: "web-1", UID: "uid-web", Deadline: now.Add(-10 * time.Second), Kind: KindReplicated}
 
 	res, err := a.Act(ctx, target)

@@ -9,19 +9,16 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/metadata/metadatalister"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/events"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	toolsrecord "k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/exec-reaper/exec-reaper/internal/lease"
 	"github.com/exec-reaper/exec-reaper/internal/serve"
 )
 
@@ -47,10 +44,10 @@ type Config struct {
 	LeaseNamespace, LeaseName string
 	// Identity names this replica in the Lease (the pod name, in a cluster).
 	Identity string
-	// LeaseDuration, RenewDeadline and RetryPeriod tune leader election as in
-	// client-go (defaults DefaultLeaseDuration, DefaultRenewDeadline,
+	// LeaseDuration, RenewDeadline and RetryPeriod tune leader election (see
+	// internal/lease; defaults DefaultLeaseDuration, DefaultRenewDeadline,
 	// DefaultRetryPeriod). After a leader dies, a standby acts within about
-	// LeaseDuration plus two to four RetryPeriods; after a clean shutdown,
+	// LeaseDuration plus one to two and a half RetryPeriods; after a clean shutdown,
 	// which releases the Lease, within about two RetryPeriods.
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	// KubeAPIQPS and KubeAPIBurst are the client-side rate limit of the
@@ -140,14 +137,15 @@ func (c *Config) Default() {
 // requests.
 type Clients struct {
 	// Kube evicts pods and reads the record guard.
-	Kube kubernetes.Interface
+	Kube API
 	// Metadata lists and watches recorded pods, as metadata only.
 	Metadata metadata.Interface
-	// Events writes the deleter's Events; nil means Kube.
-	Events kubernetes.Interface
-	// Election holds the Lease; nil means Kube. Its own rate limiter keeps
-	// renewals on time during a burst of evictions.
-	Election kubernetes.Interface
+	// Events writes the deleter's Events; nil drops them.
+	Events toolsrecord.EventSink
+	// Election holds the Lease (Config.LeaseNamespace, LeaseName); needed
+	// with Config.LeaderElection. Its own rate limiter keeps renewals on
+	// time during a burst of evictions.
+	Election lease.Client
 }
 
 // NewClients builds the deleter's clients from base, with the client-side
@@ -158,17 +156,20 @@ func NewClients(base *rest.Config, cfg Config) (Clients, error) {
 	cfg.Default()
 	limited := rest.CopyConfig(base)
 	limited.QPS, limited.Burst = cfg.KubeAPIQPS, cfg.KubeAPIBurst
-	kube, err := kubernetes.NewForConfig(limited)
+	kube, err := NewAPI(limited)
 	if err != nil {
-		return Clients{}, fmt.Errorf("building the API client: %w", err)
+		return Clients{}, err
 	}
-	events, err := kubernetes.NewForConfig(rest.AddUserAgent(rest.CopyConfig(limited), "events"))
+	events, err := NewEventSink(rest.AddUserAgent(rest.CopyConfig(limited), "events"))
 	if err != nil {
-		return Clients{}, fmt.Errorf("building the Events client: %w", err)
+		return Clients{}, err
 	}
-	election, err := kubernetes.NewForConfig(rest.AddUserAgent(rest.CopyConfig(base), "leader-election"))
-	if err != nil {
-		return Clients{}, fmt.Errorf("building the leader-election client: %w", err)
+	var election lease.Client
+	if cfg.LeaderElection && cfg.LeaseNamespace != "" && cfg.LeaseName != "" { // else Run says what is missing
+		election, err = lease.NewClient(rest.AddUserAgent(rest.CopyConfig(base), "leader-election"), cfg.LeaseNamespace, cfg.LeaseName)
+		if err != nil {
+			return Clients{}, fmt.Errorf("building the leader-election client: %w", err)
+		}
 	}
 	meta, err := metadata.NewForConfig(limited)
 	if err != nil {
@@ -190,19 +191,16 @@ func Run(ctx context.Context, cfg Config, clients Clients, clk clock.WithTicker,
 		// brings back pods due beyond the queue's horizon.
 		return fmt.Errorf("configuration error: --resync is %s; give a positive duration (default 10m)", cfg.Resync)
 	}
-	if clients.Events == nil {
-		clients.Events = clients.Kube
-	}
-	if clients.Election == nil {
-		clients.Election = clients.Kube
+	if cfg.LeaderElection && clients.Election == nil {
+		return errors.New("leader election needs a Lease client")
 	}
 	log := klog.FromContext(ctx)
 	throttling.setLogger(log.WithName("client"))
 
 	podInformer := NewPodInformer(clients.Metadata, cfg.Resync)
 
-	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: clients.Events.EventsV1()})
-	recorder := broadcaster.NewRecorder(scheme.Scheme, Component)
+	broadcaster := toolsrecord.NewBroadcaster(toolsrecord.WithContext(ctx))
+	recorder := eventRecorder{broadcaster.NewRecorder(apiScheme, corev1.EventSource{Component: Component, Host: cfg.Identity})}
 
 	opts := cfg.Options
 	if opts.QueueHorizon == 0 && cfg.Resync > 0 {
@@ -218,36 +216,27 @@ func Run(ctx context.Context, cfg Config, clients Clients, clk clock.WithTicker,
 	Register(reg, metadatalister.New(podInformer.GetIndexer(), PodsResource))
 	ctrl.RegisterMetrics(reg)
 
-	var elector *leaderelection.LeaderElector
+	var elector *lease.Elector
 	// OnStartedLeading only hands over the leader's context; the controller
 	// runs in Run's own goroutine, so Run can stop it before giving up the
 	// Lease.
 	leading := make(chan context.Context, 1)
-	var healthz *leaderelection.HealthzAdaptor
 	if cfg.LeaderElection {
-		healthz = leaderelection.NewLeaderHealthzAdaptor(cfg.RenewDeadline)
-		elector, err = leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-			Lock: &resourcelock.LeaseLock{
-				LeaseMeta:  metaFor(cfg.LeaseNamespace, cfg.LeaseName),
-				Client:     clients.Election.CoordinationV1(),
-				LockConfig: resourcelock.ResourceLockConfig{Identity: cfg.Identity},
-			},
+		elector, err = lease.New(lease.Config{
+			Client:        clients.Election,
+			Identity:      cfg.Identity,
 			LeaseDuration: cfg.LeaseDuration,
 			RenewDeadline: cfg.RenewDeadline,
 			RetryPeriod:   cfg.RetryPeriod,
 			// Hand the lease over at once on a clean shutdown, so a rolling
-			// restart does not delay evictions by a lease duration. client-go
-			// requires the guarded work to have stopped first: lead does that.
+			// restart does not delay evictions by a lease duration. The
+			// guarded work must have stopped first: lead does that.
 			ReleaseOnCancel: true,
-			WatchDog:        healthz,
-			Name:            cfg.LeaseName,
-			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(ctx context.Context) {
-					log.Info("Leading", "identity", cfg.Identity)
-					leading <- ctx
-				},
-				OnStoppedLeading: func() { log.Info("Stopped leading", "identity", cfg.Identity) },
+			OnStartedLeading: func(ctx context.Context) {
+				log.Info("Leading", "identity", cfg.Identity)
+				leading <- ctx
 			},
+			OnStoppedLeading: func() { log.Info("Stopped leading", "identity", cfg.Identity) },
 		})
 		if err != nil {
 			return fmt.Errorf("configuring leader election: %w", err)
@@ -256,8 +245,8 @@ func Run(ctx context.Context, cfg Config, clients Clients, clk clock.WithTicker,
 
 	live := func(r *http.Request) error {
 		// A leader that stopped renewing its lease is stuck: restart it.
-		if healthz != nil {
-			return healthz.Check(r)
+		if elector != nil {
+			return elector.Check(r)
 		}
 		return nil
 	}
@@ -270,7 +259,9 @@ func Run(ctx context.Context, cfg Config, clients Clients, clk clock.WithTicker,
 	probes := serve.Probes(cfg.ProbeAddr, reg, live, ready)
 
 	g, gctx := errgroup.WithContext(ctx)
-	broadcaster.StartRecordingToSink(gctx.Done())
+	if clients.Events != nil {
+		broadcaster.StartRecordingToSink(clients.Events)
+	}
 	defer broadcaster.Shutdown()
 	informerDone := make(chan struct{})
 	go func() {
@@ -300,7 +291,7 @@ func Run(ctx context.Context, cfg Config, clients Clients, clk clock.WithTicker,
 // leadership) and its workers finish before the elector's context is
 // cancelled and the Lease released. It returns ErrLostLeadership if another
 // replica took over, nil on shutdown.
-func lead(ctx context.Context, elector *leaderelection.LeaderElector, leading <-chan context.Context, run func(context.Context) error) error {
+func lead(ctx context.Context, elector *lease.Elector, leading <-chan context.Context, run func(context.Context) error) error {
 	electorCtx, release := context.WithCancel(context.WithoutCancel(ctx))
 	defer release()
 	electorDone := make(chan struct{})
@@ -324,8 +315,4 @@ func lead(ctx context.Context, elector *leaderelection.LeaderElector, leading <-
 		return ErrLostLeadership
 	}
 	return nil
-}
-
-func metaFor(namespace, name string) metav1.ObjectMeta {
-	return metav1.ObjectMeta{Namespace: namespace, Name: name}
 }

@@ -25,6 +25,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/deleter"
+	"github.com/exec-reaper/exec-reaper/internal/kubetest"
 )
 
 const (
@@ -123,7 +124,8 @@ func clientsFor(t *testing.T, client *fake.Clientset) deleter.Clients {
 	for i := range list.Items {
 		pods = append(pods, &list.Items[i])
 	}
-	return deleter.Clients{Kube: client, Metadata: newMetadataClient(pods...)}
+	return deleter.Clients{Kube: kubetest.API{Interface: client}, Metadata: newMetadataClient(pods...),
+		Events: kubetest.EventSink(client), Election: kubetest.Lease{Client: client, Namespace: leaseNamespace, Name: leaseName}}
 }
 
 // startRun runs deleter.Run until the test ends. Cleanup cancels it and
@@ -303,14 +305,14 @@ func TestRunWithoutLeaderElectionEvicts(t *testing.T) {
 	// The Evicted event reaches the API through the broadcaster, and regards
 	// the Pod (kind, version, UID), though the cache holds metadata only.
 	eventually(t, "the Evicted event in the API", func() bool {
-		list, err := client.EventsV1().Events(namespace).List(context.Background(), metav1.ListOptions{})
+		list, err := client.CoreV1().Events(namespace).List(context.Background(), metav1.ListOptions{})
 		if err != nil {
 			return false
 		}
 		for _, e := range list.Items {
-			if e.Reason == deleter.ReasonEvicted && e.Regarding.Name == "web" && e.ReportingController == deleter.Component {
+			if e.Reason == deleter.ReasonEvicted && e.InvolvedObject.Name == "web" && e.ReportingController == deleter.Component {
 				want := corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: namespace, Name: "web", UID: uid}
-				if got := e.Regarding; got != want {
+				if got := e.InvolvedObject; got != want {
 					t.Errorf("Evicted event regards %+v, want %+v", got, want)
 				}
 				return true

@@ -7,9 +7,9 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/exec-reaper/exec-reaper/deleter"
 )
@@ -35,13 +35,19 @@ func TestClientThrottlingIsCounted(t *testing.T) {
 	}
 	before := metricValue(t, reg, throttledMetric, "verb", "GET")
 	for range 3 {
-		if _, err := clients.Kube.CoreV1().Pods("team").List(context.Background(), metav1.ListOptions{}); err != nil {
+		if _, err := clients.Kube.ListPods(context.Background(), "team", labels.Everything()); err != nil {
 			t.Fatalf("listing: %v", err)
 		}
 	}
 	if got := metricValue(t, reg, throttledMetric, "verb", "GET") - before; got < 1 {
 		t.Errorf("%s{verb=GET} grew by %v after three requests at 10 QPS, burst 1; want at least 1", throttledMetric, got)
 	}
+}
+
+// withLease is cfg with leader election on, so NewClients builds its client.
+func withLease(cfg deleter.Config) deleter.Config {
+	cfg.LeaderElection, cfg.LeaseNamespace, cfg.LeaseName = true, "exec-reaper", "exec-reaper-deleter"
+	return cfg
 }
 
 func TestNewClientsRateLimits(t *testing.T) {
@@ -56,24 +62,34 @@ func TestNewClientsRateLimits(t *testing.T) {
 		{"off", deleter.Config{KubeAPIQPS: -1}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			clients, err := deleter.NewClients(base, tc.cfg)
+			clients, err := deleter.NewClients(base, withLease(tc.cfg))
 			if err != nil {
 				t.Fatalf("NewClients: %v", err)
 			}
-			for what, c := range map[string]kubernetes.Interface{"Kube": clients.Kube, "Events": clients.Events} {
-				limiter := c.CoreV1().RESTClient().GetRateLimiter()
-				switch {
+			limiters := map[string]flowcontrol.RateLimiter{}
+			for what, c := range map[string]any{"Kube": clients.Kube, "Events": clients.Events, "Election": clients.Election} {
+				l, ok := c.(interface {
+					RateLimiter() flowcontrol.RateLimiter
+				})
+				if !ok {
+					t.Fatalf("the %s client (%T) does not tell its rate limiter", what, c)
+				}
+				limiters[what] = l.RateLimiter()
+			}
+			for _, what := range []string{"Kube", "Events"} {
+				switch limiter := limiters[what]; {
 				case tc.wantQPS == 0 && limiter != nil:
 					t.Errorf("%s client has a rate limit of %v QPS, want none", what, limiter.QPS())
 				case tc.wantQPS != 0 && (limiter == nil || limiter.QPS() != tc.wantQPS):
 					t.Errorf("%s client's rate limiter = %v, want %v QPS", what, limiter, tc.wantQPS)
 				}
 			}
+			if tc.wantQPS != 0 && limiters["Kube"] == limiters["Events"] {
+				t.Error("the Events client shares the Kube client's rate limiter; want one of its own")
+			}
 			// The Lease is renewed through a client of its own, so a burst of
 			// evictions never delays a renewal.
-			if clients.Election == nil || clients.Election == clients.Kube {
-				t.Errorf("the leader-election client is %v, want one of its own", clients.Election)
-			} else if l := clients.Election.CoordinationV1().RESTClient().GetRateLimiter(); l == nil || l == clients.Kube.CoordinationV1().RESTClient().GetRateLimiter() {
+			if l := limiters["Election"]; l == nil || l == limiters["Kube"] {
 				t.Errorf("the leader-election client shares or lacks a rate limiter: %v", l)
 			}
 		})

@@ -8,6 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/flowcontrol"
 )
 
 // Client reads and writes one Lease.
@@ -90,6 +91,9 @@ func (c *restClient) Update(ctx context.Context, l *coordinationv1.Lease) (*coor
 }
 
 func (c *restClient) Describe() string { return c.namespace + "/" + c.name }
+
+// RateLimiter is the client's own client-side rate limiter.
+func (c *restClient) RateLimiter() flowcontrol.RateLimiter { return c.rest.GetRateLimiter() }
 
 // own returns a copy of l named as the Lease this client is bound to, so a
 // caller cannot write another object by mistake.

@@ -229,14 +229,6 @@ func (i *Install) ProviderURL() string {
 	return "https://localhost:" + port + provider.Path
 }
 
-// ProviderMetrics returns the first running replica's /metrics text.
-func (i *Install) ProviderMetrics(ctx context.Context) (string, error) {
-	if len(i.Providers) == 0 {
-		return "", errors.New("no provider replica is running")
-	}
-	return get(ctx, i.Providers[0].MetricsURL())
-}
-
 // EachProviderMetrics returns the metrics of every running replica: requests
 // are spread across them by the balancer, so a count is their sum.
 func (i *Install) EachProviderMetrics(ctx context.Context) ([]string, error) {
