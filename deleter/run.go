@@ -13,7 +13,6 @@ import (
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/metadata/metadatalister"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
 	toolsrecord "k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -56,9 +55,6 @@ type Config struct {
 	// client-side limit off.
 	KubeAPIQPS   float32
 	KubeAPIBurst int
-	// Synced, if set, is called once, when the pod cache has first synced
-	// (on every replica, leader or not): the end of the initial list.
-	Synced func()
 }
 
 // Client-side rate limit defaults. client-go's own (5 QPS, burst 10) are
@@ -269,13 +265,6 @@ func Run(ctx context.Context, cfg Config, clients Clients, clk clock.WithTicker,
 		podInformer.RunWithContext(gctx)
 	}()
 	defer func() { <-informerDone }()
-	if cfg.Synced != nil {
-		go func() {
-			if cache.WaitForCacheSync(gctx.Done(), podInformer.HasSynced) {
-				cfg.Synced()
-			}
-		}()
-	}
 	g.Go(func() error { return serve.Run(gctx, probes, 5*time.Second) })
 	g.Go(func() error {
 		if elector == nil {

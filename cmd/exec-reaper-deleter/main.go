@@ -20,12 +20,8 @@ import (
 	"github.com/exec-reaper/exec-reaper/internal/serve"
 )
 
-// The deleter's GOGC unless the environment sets one: syncGCPercent while
-// its initial list streams in, defaultGCPercent once its cache has synced.
-const (
-	defaultGCPercent = 25
-	syncGCPercent    = 5
-)
+// defaultGCPercent is the deleter's GOGC unless the environment sets one.
+const defaultGCPercent = 25
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == removePoliciesCommand {
@@ -70,13 +66,10 @@ func main() {
 		// heap, and once synced it allocates little: collecting at 25%
 		// growth instead of 100% costs a few milliseconds of CPU per cycle
 		// and keeps RSS near the live heap (README, "Sizing the deleter").
-		// While the initial list streams in, every pod arrives whole and
-		// is stripped (deleter.StripPod): garbage at the rate of the list,
-		// which at 25% would peak ~5 MiB above the steady RSS at 10,000
-		// recorded pods (BENCHMARKS.md). Collecting at 5% until the cache
-		// has synced costs CPU once, at the start.
-		debug.SetGCPercent(syncGCPercent)
-		cfg.Synced = func() { debug.SetGCPercent(defaultGCPercent) }
+		// Collecting at 5% while the initial list streams in took 2 MiB
+		// off the restart's peak when the deleter linked client-go's
+		// clientset, and nothing measurable since (BENCHMARKS.md).
+		debug.SetGCPercent(defaultGCPercent)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -365,8 +366,7 @@ func (i *Install) StartDeleter(ctx context.Context, n int) error {
 }
 
 // StartDeleterWith (re)starts deleter replica n with extra flags (name →
-// value, overriding the chart's) and waits until it is ready. A name that
-// starts with "$" sets that environment variable instead ("$GOGC": "25").
+// value, overriding the chart's) and waits until it is ready.
 func (i *Install) StartDeleterWith(ctx context.Context, n int, extra map[string]string) error {
 	if i.DeleterProbes[n] == "" {
 		port, err := cluster.FreePort()
@@ -382,13 +382,7 @@ func (i *Install) StartDeleterWith(ctx context.Context, n int, extra map[string]
 		"v":          "1",
 	}
 	env := []string{"POD_NAMESPACE=" + Namespace, "POD_NAME=" + name}
-	for k, v := range extra {
-		if variable, ok := strings.CutPrefix(k, "$"); ok {
-			env = append(env, variable+"="+v)
-			continue
-		}
-		flags[k] = v
-	}
+	maps.Copy(flags, extra)
 	args := override(i.deleterArgs, flags)
 	p, err := i.c.StartProcess(ctx, name, append([]string{filepath.Join(i.binDir, "exec-reaper-deleter")}, args...), env)
 	if err != nil {
