@@ -459,12 +459,14 @@ func TestRecorderKeepsABoundedNumberOfWrites(t *testing.T) {
 	const pods = provider.MaxWritten + 1
 	api := newVersionedAPI(numberedPods(pods)...)
 	rec := provider.NewRecorder(api.cs, clocktesting.NewFakeClock(t0), nil)
-	ctx, cancel := context.WithTimeout(quiet(), pollTimeout)
-	defer cancel()
 	entry := func(i, p int) {
 		t.Helper()
 		req := burstEntry(t, i, "1h")
 		req.Name = fmt.Sprintf("web-%d", p)
+		// Each entry has the whole deadline: a thousand of them under the
+		// race detector on a busy machine took longer than one.
+		ctx, cancel := context.WithTimeout(quiet(), pollTimeout)
+		defer cancel()
 		if _, err := rec.Record(ctx, req); err != nil {
 			t.Fatalf("entry %d into web-%d: %v", i, p, err)
 		}
