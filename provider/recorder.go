@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -308,7 +309,7 @@ func (r *Recorder) writeBatch(key types.NamespacedName, calls []*call, base *cor
 		if err != nil {
 			return failAll("writing record on", err)
 		}
-		if !carries(updated, b.labels, b.annotations) {
+		if !carries(updated, b.labels, b.annotations) || !lacks(updated, b.absent) {
 			for _, c := range live {
 				c.settle(Result{}, fmt.Errorf("writing record on pod %s/%s: the API server accepted the write but did not keep the record: "+
 					"this Kubernetes version may no longer accept metadata changes through pods/status; exec-reaper cannot record entries "+
@@ -357,8 +358,10 @@ type batch struct {
 	patch       []byte
 	labels      map[string]string
 	annotations map[string]string
-	results     []Result
-	notices     []announcement
+	// absent are the labels the patch removes.
+	absent  []string
+	results []Result
+	notices []announcement
 }
 
 // fold folds every call's entry, in order, into the record on pod, each
@@ -375,7 +378,7 @@ func (r *Recorder) fold(ctx context.Context, pod *corev1.Pod, calls []*call) bat
 	}
 	var b batch
 	var setLabels, setAnnotations map[string]string
-	checkLabels, checkAnnotations := map[string]bool{}, map[string]bool{}
+	checkLabels, checkAnnotations, removeLabels := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	var real, trial time.Time // the earliest deadline answered, of each kind
 	earliest := func(t *time.Time, d time.Time) {
 		if t.IsZero() || d.Before(*t) {
@@ -393,12 +396,19 @@ func (r *Recorder) fold(ctx context.Context, pod *corev1.Pod, calls []*call) bat
 		if !w.writes {
 			continue
 		}
+		for _, k := range w.remove {
+			delete(sim.Labels, k)
+			delete(setLabels, k)
+			delete(checkLabels, k)
+			removeLabels[k] = true
+		}
 		set(&sim.Labels, w.labels)
 		set(&sim.Annotations, w.annotations)
 		set(&setLabels, w.labels)
 		set(&setAnnotations, w.annotations)
 		for k := range w.labels {
 			checkLabels[k] = true
+			delete(removeLabels, k)
 		}
 		for _, k := range w.check {
 			checkAnnotations[k] = true
@@ -424,8 +434,8 @@ func (r *Recorder) fold(ctx context.Context, pod *corev1.Pod, calls []*call) bat
 	if setAnnotations == nil {
 		return b
 	}
-	b.patch = metadataPatch(pod, setLabels, setAnnotations)
-	b.labels, b.annotations = map[string]string{}, map[string]string{}
+	b.patch = metadataPatch(pod, setLabels, slices.Sorted(maps.Keys(removeLabels)), setAnnotations)
+	b.labels, b.annotations, b.absent = map[string]string{}, map[string]string{}, slices.Sorted(maps.Keys(removeLabels))
 	for k := range checkLabels {
 		b.labels[k] = sim.Labels[k]
 	}
@@ -439,8 +449,10 @@ func (r *Recorder) fold(ctx context.Context, pod *corev1.Pod, calls []*call) bat
 // annotations to set (none unless writes), the annotations among them that
 // the pod must carry afterwards, the answer and the Event.
 type write struct {
-	writes      bool
-	labels      map[string]string
+	writes bool
+	labels map[string]string
+	// remove names labels the pod must no longer carry.
+	remove      []string
 	annotations map[string]string
 	check       []string
 	result      Result
@@ -495,6 +507,13 @@ func (r *Recorder) plan(ctx context.Context, pod *corev1.Pod, req Request, entry
 		return w
 	}
 	w.writes, w.labels, w.annotations = true, rec.Labels(), rec.Annotations()
+	if pod.Labels[record.ActionLabel] == string(record.ActionQuarantine) && rec.Action != record.ActionQuarantine {
+		// A fresh record where one was lifted: a member of the guard's
+		// extensionGroups lifts a record by removing its deadline and may
+		// leave its action behind, which a merge patch would keep, and the
+		// new record would ask for an action no constraint asked for.
+		w.remove = []string{record.ActionLabel}
+	}
 	w.check = []string{record.DeadlineAnnotation, record.PodUIDAnnotation}
 	w.notice = announcement{entry: rec.Last, eventUID: rec.Last.RequestUID, deadline: rec.Deadline,
 		quarantine: rec.Action == record.ActionQuarantine}
@@ -546,16 +565,29 @@ func carries(pod *corev1.Pod, labels, annotations map[string]string) bool {
 	return true
 }
 
+// lacks reports whether pod carries none of the labels given.
+func lacks(pod *corev1.Pod, labels []string) bool {
+	return pod != nil && !slices.ContainsFunc(labels, func(k string) bool { _, ok := pod.Labels[k]; return ok })
+}
+
 // FieldManager names exec-reaper's writes in managedFields.
 const FieldManager = "exec-reaper"
 
 // metadataPatch returns a JSON merge patch that sets labels and annotations
-// on pod (nil: none), valid only while the pod still has the resourceVersion
-// that was read: the API server answers 409 Conflict otherwise.
-func metadataPatch(pod *corev1.Pod, labels, annotations map[string]string) []byte {
+// on pod (nil: none) and removes the labels named in remove, valid only while
+// the pod still has the resourceVersion that was read: the API server
+// answers 409 Conflict otherwise.
+func metadataPatch(pod *corev1.Pod, labels map[string]string, remove []string, annotations map[string]string) []byte {
 	meta := map[string]any{"resourceVersion": pod.ResourceVersion, "annotations": annotations}
-	if labels != nil {
-		meta["labels"] = labels
+	if labels != nil || len(remove) > 0 {
+		l := make(map[string]any, len(labels)+len(remove))
+		for k, v := range labels {
+			l[k] = v
+		}
+		for _, k := range remove {
+			l[k] = nil // a merge patch's null removes the key
+		}
+		meta["labels"] = l
 	}
 	b, _ := json.Marshal(map[string]any{"metadata": meta}) // maps of strings always marshal.
 	return b

@@ -382,6 +382,45 @@ func TestHandlerQuarantineAsked(t *testing.T) {
 	}
 }
 
+// TestHandlerFreshRecordOverALiftedOne: a record lifted by removing its
+// deadline (what the guard lets extensionGroups do) may leave its action
+// label behind; the next entry's fresh record asks for what its own
+// constraint asks for, not for that leftover.
+func TestHandlerFreshRecordOverALiftedOne(t *testing.T) {
+	for _, tc := range []struct {
+		action record.Action
+		want   string // the action label afterwards; "" for none
+	}{
+		{record.ActionEvict, ""},
+		{record.ActionQuarantine, "quarantine"},
+	} {
+		t.Run(string(tc.action), func(t *testing.T) {
+			lifted, _ := record.Apply(nil, podUID, record.Entry{User: "alice", Time: t0.Add(-time.Hour), Operation: record.OpExec,
+				RequestUID: "req-0"}, time.Hour, record.ActionQuarantine)
+			pod := newPod(&lifted)
+			delete(pod.Labels, record.DeadlineLabel)
+			if _, err := record.Read(pod.Labels, pod.Annotations); !errors.Is(err, record.ErrNoRecord) {
+				t.Fatalf("the lifted pod reads as %v, want no record", err)
+			}
+			d := newDirect(t, pod)
+			req := execBy("bob", "req-1", "1h")
+			req.Action = tc.action
+			d.keys(t, keyFor(t, req))
+			got := getPod(t, d.cs)
+			rec, err := record.Read(got.Labels, got.Annotations)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if label, ok := got.Labels[record.ActionLabel]; label != tc.want || ok != (tc.want != "") {
+				t.Errorf("action label %q (present %v), want %q", label, ok, tc.want)
+			}
+			if rec.Action != tc.action || rec.Entries != 1 || rec.Last.User != "bob" {
+				t.Errorf("record asks for %q with %d entries, last by %q; want %q, 1, bob", rec.Action, rec.Entries, rec.Last.User, tc.action)
+			}
+		})
+	}
+}
+
 // TestHandlerKeepsHistoryUnderUnknownAction: a record whose action label
 // this provider does not know (a newer provider's, or set by whoever created
 // the pod) keeps its history: the next entry is added to it, not written

@@ -67,9 +67,10 @@ type Config struct {
 	// (DefaultEventWriters).
 	EventWriters int
 	// DrainDelay is how long the provider keeps serving after SIGTERM, with
-	// /readyz failing and keep-alives off, before it closes its listener: the
-	// time the Service's endpoints take to drop it, during which Gatekeeper
-	// may still be sent here. Zero closes the listener at once.
+	// /readyz failing and each connection closed after its next response,
+	// before it closes its listener: the time the Service's endpoints take
+	// to drop it, during which Gatekeeper may still be sent here. Zero
+	// closes the listener at once.
 	DrainDelay time.Duration
 	// ShutdownTimeout bounds the wait for in-flight requests once the
 	// listener is closed. Keep it above RecordTimeout.

@@ -41,7 +41,7 @@ func main() {
 	fs.DurationVar(&cfg.RecordTimeout, "record-timeout", cfg.RecordTimeout, "Time allowed to record one request; keep below the Provider's spec.timeout.")
 	fs.IntVar(&cfg.EventQueue, "event-queue", cfg.EventQueue, "Events that may wait to be written before new ones are folded into one Event per pod that counts them (and pods that may have such an Event pending before Events are dropped).")
 	fs.IntVar(&cfg.EventWriters, "event-writers", cfg.EventWriters, "Events written at once.")
-	fs.DurationVar(&cfg.DrainDelay, "drain-delay", cfg.DrainDelay, "After SIGTERM, how long to keep serving with /readyz failing and keep-alives off before closing the listener: the time the Service's endpoints take to drop this replica.")
+	fs.DurationVar(&cfg.DrainDelay, "drain-delay", cfg.DrainDelay, "After SIGTERM, how long to keep serving with /readyz failing and each connection closed after its next response before closing the listener: the time the Service's endpoints take to drop this replica.")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "Time allowed for in-flight requests once the listener is closed; keep above --record-timeout.")
 	fs.StringVar(&cfg.ClientCASecret, "client-ca-secret", "", "Secret (namespace/name) holding Gatekeeper's CA as ca.crt, e.g. gatekeeper-system/gatekeeper-webhook-server-cert; mirrored to --client-ca-file on every change.")
 	fs.StringVar(&rot.Secret, "cert-secret", "", "Secret (namespace/name) in which cert-controller issues and rotates the serving certificate; mirrored to --tls-cert-file and --tls-key-file. Empty: the files are managed by someone else.")

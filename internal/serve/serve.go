@@ -65,6 +65,13 @@ func Serve(ctx context.Context, srv *http.Server, ln net.Listener, d Drain) erro
 		defer inflight.Add(-1)
 		if draining.Load() {
 			drained.Add(1)
+			// This response closes its connection, so the client moves to
+			// another replica while this one still answers. Idle
+			// connections are left open until the delay is over: closing
+			// one races with a client that has just picked it, and a POST
+			// sent on a connection closed under it fails with EOF (the
+			// client does not retry it).
+			w.Header().Set("Connection", "close")
 		}
 		next.ServeHTTP(w, r)
 	})
@@ -88,12 +95,8 @@ func Serve(ctx context.Context, srv *http.Server, ln net.Listener, d Drain) erro
 	if d.OnDrain != nil {
 		d.OnDrain()
 	}
-	// Connection: close on every response from now on, and idle
-	// connections closed, so that clients move to another replica while
-	// this one still answers.
-	srv.SetKeepAlivesEnabled(false)
 	if d.Delay > 0 {
-		log.Info("Draining: not ready, keep-alives off, still serving", "addr", ln.Addr().String(), "delay", d.Delay)
+		log.Info("Draining: not ready, closing each connection after its next response, still serving", "addr", ln.Addr().String(), "delay", d.Delay)
 		t := time.NewTimer(d.Delay)
 		select {
 		case <-t.C:

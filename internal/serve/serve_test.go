@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,6 +104,87 @@ func TestServeDrain(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
 		t.Error("the listener is still open after Serve returned")
+	}
+}
+
+// TestServeDrainLosesNoRequest: clients that keep sending on pooled
+// keep-alive connections when the drain starts get every answer. Closing the
+// idle connections at that instant (what SetKeepAlivesEnabled(false) does)
+// raced with a client that had just picked one: its POST, which a client
+// does not retry, failed with EOF (Gatekeeper's external-data call, during a
+// rolling restart of the provider, under the strict constraint: a denied
+// exec).
+func TestServeDrainLosesNoRequest(t *testing.T) {
+	const clients, rounds = 16, 5
+	for round := range rounds {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		url := "http://" + ln.Addr().String() + "/"
+		srv := &http.Server{ReadHeaderTimeout: time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			_, _ = io.WriteString(w, "ok")
+		})}
+		ctx, stop := context.WithCancel(context.Background())
+		drained := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			done <- serve.Serve(ctx, srv, ln, serve.Drain{Delay: time.Second, Timeout: testTimeout, OnDrain: func() { close(drained) }})
+		}()
+		tr := &http.Transport{MaxIdleConnsPerHost: clients}
+		client := &http.Client{Transport: tr, Timeout: testTimeout}
+		var wg sync.WaitGroup
+		var failures, answered atomic.Int64
+		var firstErr atomic.Value
+		quit := make(chan struct{})
+		for range clients {
+			wg.Go(func() {
+				for {
+					select {
+					case <-quit:
+						return
+					default:
+					}
+					resp, err := client.Post(url, "application/json", strings.NewReader(`{"keys":["k"]}`))
+					if err != nil {
+						failures.Add(1)
+						firstErr.CompareAndSwap(nil, err.Error())
+						continue
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					answered.Add(1)
+				}
+			})
+		}
+		// Every client has a pooled connection, then the drain starts, and
+		// the clients go on sending through its first part.
+		waitCount(t, &answered, 10*clients)
+		stop()
+		<-drained
+		waitCount(t, &answered, answered.Load()+10*clients)
+		close(quit)
+		wg.Wait()
+		tr.CloseIdleConnections()
+		if err := <-done; err != nil {
+			t.Fatalf("round %d: Serve = %v", round, err)
+		}
+		if n := failures.Load(); n > 0 {
+			t.Fatalf("round %d: %d requests failed while the server drained, first: %v", round, n, firstErr.Load())
+		}
+	}
+}
+
+// waitCount waits until n reaches want.
+func waitCount(t *testing.T, n *atomic.Int64, want int64) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for n.Load() < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests answered after %s, want %d", n.Load(), testTimeout, want)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -386,6 +386,39 @@ func TestGuardLetsExtendersExtend(t *testing.T) {
 	assertNoRecord(t, pod)
 }
 
+// TestFreshRecordOverALiftedQuarantine: an extender lifts a record that
+// asked for quarantine by removing its deadline and binding, which leaves the
+// action label behind; the next entry, under a constraint that asks for
+// eviction, writes a record that asks for eviction, not for the leftover.
+func TestFreshRecordOverALiftedQuarantine(t *testing.T) {
+	ns := longNamespace(t, "relift")
+	pod, _ := recordedPod(t, ns, "relifted")
+	provider := actor{name: "provider", status: true,
+		client: clientFor(t, "provider-as-itself", inst.ProviderUser, "system:serviceaccounts", "system:serviceaccounts:"+install.Namespace, "system:authenticated")}
+	if err := provider.patch(pod, metadata("labels", map[string]any{record.ActionLabel: string(record.ActionQuarantine)})); err != nil {
+		t.Fatalf("the provider could not ask for quarantine: %v", err)
+	}
+	ext := actor{name: "extender", client: clientFor(t, "lifter", "lead@example.com", extenders, "system:masters")}
+	if err := ext.patch(pod, metadata("labels", map[string]any{record.DeadlineLabel: nil, record.PodUIDLabel: nil})); err != nil {
+		t.Fatalf("an extender could not lift the record: %v", err)
+	}
+	assertNoRecord(t, pod)
+	if p, err := c.Client().CoreV1().Pods(ns).Get(context.Background(), pod.Name, metav1.GetOptions{}); err != nil || p.Labels[record.ActionLabel] != string(record.ActionQuarantine) {
+		t.Fatalf("after the lift the pod has labels %v (%v), want the quarantine action left behind", p.Labels, err)
+	}
+	if _, stderr, err := kubectl(t, aliceKubeconfig, "exec", "-n", ns, pod.Name, "-c", "app", "--", "id"); err != nil && strings.Contains(stderr, "denied") {
+		t.Fatalf("re-entry was denied: %s", stderr)
+	}
+	rec := waitRecord(t, pod)
+	p, err := c.Client().CoreV1().Pods(ns).Get(context.Background(), pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if label, ok := p.Labels[record.ActionLabel]; ok || rec.Action == record.ActionQuarantine {
+		t.Errorf("the fresh record asks for %q (label %q), want eviction and no action label", rec.Action, label)
+	}
+}
+
 // TestPasswordsNotPublished: with the shipped recordCommand (program), a
 // password on a command line reaches neither the pod's record nor its Event,
 // which every reader of the namespace sees; the record keeps the program and

@@ -125,7 +125,8 @@ func (s *execStream) finish(t *testing.T, what string) int {
 // the balancer (standing in for the Service) routes to it, SIGTERM the old
 // one, wait for it to exit. Not one exec may be denied and every one must be
 // recorded: a stopping replica stops being ready, keeps serving through the
-// propagation delay with keep-alives off (so Gatekeeper's connections move),
+// propagation delay closing each connection after its next response (so
+// Gatekeeper's connections move),
 // and finishes what it has in flight.
 func TestRollingRestart(t *testing.T) {
 	ns := namespace(t, strictNS)
