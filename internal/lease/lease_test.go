@@ -301,17 +301,9 @@ func TestAcquireFreeLease(t *testing.T) {
 		t.Fatal("IsLeader is false after OnStartedLeading")
 	}
 	s := f.spec()
-	if h := ptr.Deref(s.HolderIdentity, ""); h != "me" {
-		t.Errorf("holder %q, want me", h)
-	}
+	wantAcquired(t, s, 0, t0)
 	if d := ptr.Deref(s.LeaseDurationSeconds, 0); d != 15 {
 		t.Errorf("leaseDurationSeconds %d, want 15 (14.5 s rounded up)", d)
-	}
-	if s.AcquireTime == nil || !s.AcquireTime.Equal(micro(t0)) || s.RenewTime == nil || !s.RenewTime.Equal(micro(t0)) {
-		t.Errorf("acquireTime %v, renewTime %v, want both %v", s.AcquireTime, s.RenewTime, t0)
-	}
-	if n := ptr.Deref(s.LeaseTransitions, -1); n != 0 {
-		t.Errorf("leaseTransitions %d, want 0", n)
 	}
 	if n := f.count("create"); n != 1 {
 		t.Errorf("%d creates, want 1", n)
@@ -359,14 +351,20 @@ func TestStandbyWaitsLeaseDuration(t *testing.T) {
 	if !c.IsLeader() {
 		t.Fatal("IsLeader is false after taking the Lease over")
 	}
-	s := f.spec()
+	wantAcquired(t, f.spec(), 5, t0.Add(now)) // 4 + 1
+}
+
+// wantAcquired checks that s is held by "me", acquired and renewed at at,
+// after the given number of transitions.
+func wantAcquired(t *testing.T, s coordinationv1.LeaseSpec, transitions int32, at time.Time) {
+	t.Helper()
 	if h := ptr.Deref(s.HolderIdentity, ""); h != "me" {
-		t.Fatalf("holder %q, want me", h)
+		t.Errorf("holder %q, want me", h)
 	}
-	if n := ptr.Deref(s.LeaseTransitions, 0); n != 5 {
-		t.Errorf("leaseTransitions %d, want 5 (4 + 1)", n)
+	if n := ptr.Deref(s.LeaseTransitions, -1); n != transitions {
+		t.Errorf("leaseTransitions %d, want %d", n, transitions)
 	}
-	if at := t0.Add(now); !s.AcquireTime.Equal(micro(at)) || !s.RenewTime.Equal(micro(at)) {
+	if s.AcquireTime == nil || !s.AcquireTime.Equal(micro(at)) || s.RenewTime == nil || !s.RenewTime.Equal(micro(at)) {
 		t.Errorf("acquireTime %v, renewTime %v, want both %v", s.AcquireTime, s.RenewTime, at)
 	}
 }
