@@ -340,7 +340,11 @@ func buildEvent(a announcement) *corev1.Event {
 		msg = fmt.Sprintf("%s entered this pod by %s at %s; exec-reaper will quarantine it at %s (take it out of service and keep it for forensics), as a constraint asked", who, what, when, deadline)
 	}
 	if a.trial {
-		msg = fmt.Sprintf("%s entered this pod by %s at %s; it would be evicted at %s; this constraint is in trial mode, nothing will happen", who, what, when, deadline)
+		removal := "evicted"
+		if a.quarantine {
+			removal = "quarantined"
+		}
+		msg = fmt.Sprintf("%s entered this pod by %s at %s; it would be %s at %s; this constraint is in trial mode, nothing will happen", who, what, when, removal, deadline)
 	}
 	now := metav1.NewTime(e.Time)
 	return &corev1.Event{

@@ -475,7 +475,8 @@ func (r *Recorder) plan(ctx context.Context, pod *corev1.Pod, req Request, entry
 			return w
 		}
 		w.writes, w.annotations, w.check = true, t.Annotations(), []string{record.TrialAnnotation}
-		w.notice = announcement{entry: t.Last, eventUID: t.Last.RequestUID, deadline: t.WouldEvictAt, trial: true}
+		w.notice = announcement{entry: t.Last, eventUID: t.Last.RequestUID, deadline: t.WouldEvictAt, trial: true,
+			quarantine: req.Action == record.ActionQuarantine}
 		if changed == record.OutcomeEarlier {
 			w.notice = earlierNotice(w.notice, existing.Recent, entry)
 		}

@@ -222,6 +222,16 @@ func TestHandlerTrial(t *testing.T) {
 			t.Errorf("%d events after repeats, want 1", len(evs))
 		}
 	})
+	t.Run("quarantine constraint", func(t *testing.T) {
+		d := newDirect(t, newPod(nil))
+		r := execBy("alice", "req-1", "10m")
+		r.Trial, r.Action = true, record.ActionQuarantine
+		d.keys(t, keyFor(t, r))
+		evs := d.events(t)
+		if len(evs) != 1 || !strings.Contains(evs[0].Message, "it would be quarantined at 2026-11-26T10:10:00Z; this constraint is in trial mode") {
+			t.Errorf("events = %+v, want one saying the pod would be quarantined", evs)
+		}
+	})
 	t.Run("real record untouched", func(t *testing.T) {
 		real := existing(t0.Add(-30*time.Minute), time.Hour) // due at t0+30m
 		d := newDirect(t, newPod(real))

@@ -96,6 +96,11 @@ func TestMessages(t *testing.T) {
 		params: map[string]any{"ttl": "1h", "mode": "trial", "notice": true},
 		answer: recorded, called: true,
 		want: []string{"exec-reaper recorded this exec into pod shop/web-7d9f8-abcde by alice as a trial entry: the pod would be evicted at 2026-11-26T11:00:00Z, but this constraint is in trial mode, so nothing will happen."},
+	}, {
+		name:   "trial notice of a quarantine constraint",
+		params: map[string]any{"ttl": "1h", "mode": "trial", "notice": true, "action": "quarantine"},
+		answer: recorded, called: true,
+		want: []string{"exec-reaper recorded this exec into pod shop/web-7d9f8-abcde by alice as a trial entry: the pod would be quarantined at 2026-11-26T11:00:00Z, but this constraint is in trial mode, so nothing will happen."},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := tc.answer
