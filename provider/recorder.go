@@ -37,6 +37,12 @@ type Result struct {
 	// Outcome is first, added, repeat, earlier or stricter, or trial for a
 	// trial entry.
 	Outcome record.Outcome `json:"outcome"`
+	// Action is what the record asks for at the deadline, which another
+	// constraint matching the same pod may have made stricter than the
+	// caller's (quarantine wins); for a trial entry, what its constraint
+	// would have done. Empty when the record's action is one this provider
+	// does not know.
+	Action record.Action `json:"action,omitempty"`
 }
 
 // OutcomeTrial is the outcome of every trial entry: recorded without
@@ -416,12 +422,24 @@ func (r *Recorder) fold(ctx context.Context, pod *corev1.Pod, calls []*call) bat
 		w.notice.pod = pod
 		b.notices = append(b.notices, w.notice)
 	}
-	// Every answer and Event tells the deadline after the whole batch.
+	// Every answer and Event tells the deadline, and the action, after the
+	// whole batch.
+	var action record.Action
+	switch a := record.Action(sim.Labels[record.ActionLabel]); a {
+	case "":
+		action = record.ActionEvict
+	case record.ActionEvict, record.ActionQuarantine:
+		action = a
+	}
 	for i, c := range calls {
 		if c.req.Trial {
 			b.results[i].Deadline = trial
+			b.results[i].Action = record.ActionEvict
+			if c.req.Action == record.ActionQuarantine {
+				b.results[i].Action = record.ActionQuarantine
+			}
 		} else {
-			b.results[i].Deadline = real
+			b.results[i].Deadline, b.results[i].Action = real, action
 		}
 	}
 	for i := range b.notices {

@@ -226,7 +226,10 @@ func TestHandlerTrial(t *testing.T) {
 		d := newDirect(t, newPod(nil))
 		r := execBy("alice", "req-1", "10m")
 		r.Trial, r.Action = true, record.ActionQuarantine
-		d.keys(t, keyFor(t, r))
+		if pr := d.keys(t, keyFor(t, r)); len(pr.Response.Items) != 1 || pr.Response.Items[0].Value == nil ||
+			pr.Response.Items[0].Value.Action != record.ActionQuarantine {
+			t.Errorf("answer %+v, want action quarantine", pr.Response.Items)
+		}
 		evs := d.events(t)
 		if len(evs) != 1 || !strings.Contains(evs[0].Message, "it would be quarantined at 2026-11-26T10:10:00Z; this constraint is in trial mode") {
 			t.Errorf("events = %+v, want one saying the pod would be quarantined", evs)
@@ -369,7 +372,12 @@ func TestHandlerQuarantineAsked(t *testing.T) {
 			later := execBy("bob", "req-2", "1h")
 			later.Action = record.ActionEvict
 			d.clock.Step(time.Minute)
-			d.keys(t, keyFor(t, later))
+			// The answer says what the record asks for, not what the
+			// caller's constraint did: the template's notice tells it.
+			if pr := d.keys(t, keyFor(t, later)); len(pr.Response.Items) != 1 || pr.Response.Items[0].Value == nil ||
+				pr.Response.Items[0].Value.Action != record.ActionQuarantine {
+				t.Errorf("answer to the evicting entry %+v, want action quarantine", pr.Response.Items)
+			}
 			pod := getPod(t, d.cs)
 			rec, err := record.Read(pod.Labels, pod.Annotations)
 			if err != nil {

@@ -101,6 +101,22 @@ func TestMessages(t *testing.T) {
 		params: map[string]any{"ttl": "1h", "mode": "trial", "notice": true, "action": "quarantine"},
 		answer: recorded, called: true,
 		want: []string{"exec-reaper recorded this exec into pod shop/web-7d9f8-abcde by alice as a trial entry: the pod would be quarantined at 2026-11-26T11:00:00Z, but this constraint is in trial mode, so nothing will happen."},
+	}, {
+		name:   "notice",
+		params: map[string]any{"ttl": "1h", "notice": true},
+		answer: recorded, called: true,
+		want: []string{"exec-reaper recorded this exec into pod shop/web-7d9f8-abcde by alice: the pod will be evicted at 2026-11-26T11:00:00Z."},
+	}, {
+		// Another constraint matching the pod asked for quarantine: the
+		// record does, and the provider says so.
+		name:   "notice where the record asks for more than this constraint",
+		params: map[string]any{"ttl": "1h", "notice": true},
+		answer: func(key string) map[string]any {
+			return map[string]any{"status_code": 200, "errors": []any{},
+				"responses": []any{[]any{key, map[string]any{"deadline": "2026-11-26T11:00:00Z", "action": "quarantine"}}}}
+		},
+		called: true,
+		want:   []string{"exec-reaper recorded this exec into pod shop/web-7d9f8-abcde by alice: the pod will be quarantined at 2026-11-26T11:00:00Z."},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := tc.answer
