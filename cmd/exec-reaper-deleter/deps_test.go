@@ -9,7 +9,7 @@ import (
 
 // TestDeleterLinksNoClientset: the deleter binary links none of client-go's
 // clientset. Its scheme registers every built-in API group when the process
-// starts, which cost the deleter 9 MiB of its 30 MiB idle RSS (README,
+// starts, which cost the deleter about 6 MiB of its 29 MiB idle RSS (README,
 // "Sizing the deleter"); the deleter talks to the six kinds it needs through
 // deleter.API, and holds its Lease through internal/lease. An import that
 // brings the clientset back (client-go's informers, tools/events,

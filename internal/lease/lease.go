@@ -3,7 +3,7 @@
 // It does what client-go's tools/leaderelection does with a LeaseLock, and
 // exists because that package cannot be linked cheaply: its resource locks
 // import the typed clientsets and with them client-go's kubernetes scheme,
-// which registers every built-in API group at init (about 9 MiB of resident
+// which registers every built-in API group at init (about 6 MiB of resident
 // memory in the deleter). This package needs only the coordination/v1 types
 // and a REST client (see NewClient).
 //
