@@ -13,7 +13,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/exec-reaper/exec-reaper/record"
 	"github.com/exec-reaper/exec-reaper/test/cluster"
+	"github.com/exec-reaper/exec-reaper/test/fixture"
 )
 
 // Exec admission side by side: the same user execs, one request at a time,
@@ -102,32 +102,14 @@ func newAdmEnv(b *testing.B) (*admEnv, error) {
 	if ttl, _, _ := unstructured.NestedString(obj.Object, "spec", "parameters", "ttl"); ttl != "1h" {
 		return nil, fmt.Errorf("constraints/default.yaml has ttl %q; the benchmark's pods must outlive it (want 1h)", ttl)
 	}
-	cs := c.Dynamic().Resource(execReaperConstraints)
-	poll(b, "constraint "+admConstraint+" created", constraintTimeout, func(ctx context.Context) (bool, error) {
-		_, err := cs.Create(ctx, obj, metav1.CreateOptions{})
-		return err == nil || apierrors.IsAlreadyExists(err), nil
+	createConstraint(b, obj)
+	if err := bindDevelopers(ctx, admGroup, fixture.Group(admGroup)); err != nil {
+		return nil, err
+	}
+	client, err := userClient("adm", admUser, []string{admGroup, "system:authenticated"}, func(cfg *rest.Config) {
+		cfg.QPS = -1                           // no client-side limit: the pace is one request at a time
+		cfg.WarningHandler = rest.NoWarnings{} // the constraint's notice comes back as a warning on every exec
 	})
-	waitEnforced(b, admConstraint)
-
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: admGroup},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "e2e-developer"},
-		Subjects:   []rbacv1.Subject{{Kind: "Group", APIGroup: rbacv1.GroupName, Name: admGroup}},
-	}
-	if _, err := c.Client().RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return nil, err
-	}
-	kc, err := c.Kubeconfig("adm", admUser, admGroup, "system:authenticated")
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := c.RESTConfig(kc)
-	if err != nil {
-		return nil, err
-	}
-	cfg.QPS = -1                           // no client-side limit: the pace is one request at a time
-	cfg.WarningHandler = rest.NoWarnings{} // the constraint's notice comes back as a warning on every exec
-	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -220,28 +202,10 @@ func admSnap(b *testing.B) admSnapshot {
 	}
 	text := string(raw)
 	connect := []string{`name="` + cluster.GatekeeperValidationWebhook + `"`, `operation="CONNECT"`}
-	s.whSum = metricWith(text, "apiserver_admission_webhook_admission_duration_seconds_sum", connect...)
-	s.whCount = metricWith(text, "apiserver_admission_webhook_admission_duration_seconds_count", connect...)
+	s.whSum = metric(text, "apiserver_admission_webhook_admission_duration_seconds_sum", connect...)
+	s.whCount = metric(text, "apiserver_admission_webhook_admission_duration_seconds_count", connect...)
 	s.failOpen = metric(text, "apiserver_admission_webhook_fail_open_count", "")
 	return s
-}
-
-// metricWith sums the samples of name whose labels contain every one of matches.
-func metricWith(text, name string, matches ...string) float64 {
-	var sum float64
-	for _, line := range strings.Split(text, "\n") {
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		all := true
-		for _, m := range matches {
-			all = all && strings.Contains(line, m)
-		}
-		if all {
-			sum += metric(line, name, "")
-		}
-	}
-	return sum
 }
 
 // admArm is what one arm measured over its batches.

@@ -17,7 +17,6 @@ import (
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -26,8 +25,8 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
-	"github.com/exec-reaper/exec-reaper/record"
 	"github.com/exec-reaper/exec-reaper/test/cluster"
+	"github.com/exec-reaper/exec-reaper/test/fixture"
 )
 
 // Bursts of entries: execs released together, by burstUsers users, into
@@ -81,7 +80,6 @@ func newBurstEnv(b *testing.B) (*burstEnv, error) {
 	if err := excludeFromDefault(ctx, burstNS); err != nil {
 		return nil, err
 	}
-	cs := c.Dynamic().Resource(execReaperConstraints)
 	obj := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "constraints.gatekeeper.sh/v1beta1",
 		"kind":       "K8sExecReaper",
@@ -95,32 +93,15 @@ func newBurstEnv(b *testing.B) (*burstEnv, error) {
 			"parameters": map[string]any{"ttl": "1h", "recordCommand": "full"},
 		},
 	}}
-	poll(b, "constraint "+burstConstraint+" created", constraintTimeout, func(ctx context.Context) (bool, error) {
-		_, err := cs.Create(ctx, obj, metav1.CreateOptions{})
-		return err == nil || apierrors.IsAlreadyExists(err), nil
-	})
-	waitEnforced(b, burstConstraint)
-
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "e2e-burst-users"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "e2e-developer"},
-		Subjects:   []rbacv1.Subject{{Kind: "Group", APIGroup: rbacv1.GroupName, Name: burstGroup}},
-	}
-	if _, err := c.Client().RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	createConstraint(b, obj)
+	if err := bindDevelopers(ctx, "e2e-burst-users", fixture.Group(burstGroup)); err != nil {
 		return nil, err
 	}
 	e := &burstEnv{}
 	for u := range burstUsers {
-		kc, err := c.Kubeconfig(fmt.Sprintf("burst-%d", u), fmt.Sprintf("burst-user-%d@example.com", u), burstGroup, "system:authenticated")
-		if err != nil {
-			return nil, err
-		}
-		cfg, err := c.RESTConfig(kc)
-		if err != nil {
-			return nil, err
-		}
-		cfg.QPS = -1 // released together means together: no client-side limit
-		client, err := kubernetes.NewForConfig(cfg)
+		client, err := userClient(fmt.Sprintf("burst-%d", u), fmt.Sprintf("burst-user-%d@example.com", u),
+			[]string{burstGroup, "system:authenticated"},
+			func(cfg *rest.Config) { cfg.QPS = -1 }) // released together means together: no client-side limit
 		if err != nil {
 			return nil, err
 		}
@@ -213,28 +194,12 @@ func meanSums(b *testing.B, name string, gatekeeper bool) (sum, count float64) {
 	return sum, count
 }
 
-// entries sums the record entries on pods.
-func entries(b *testing.B, pods []string) int {
-	b.Helper()
-	n := 0
-	for _, name := range pods {
-		p, err := c.Client().CoreV1().Pods(burstNS).Get(context.Background(), name, metav1.GetOptions{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if rec, err := record.Read(p.Labels, p.Annotations); err == nil {
-			n += rec.Entries
-		}
-	}
-	return n
-}
-
 // burst releases n execs together, exec i by user i%burstUsers into
 // pods[i%len(pods)], each a REST CONNECT POST to pods/exec as kubectl's
 // first request is, and counts what became of them.
 func (e *burstEnv) burst(b *testing.B, n int, pods []string) burstResult {
 	b.Helper()
-	before, openBefore := entries(b, uniq(pods)), failOpenCount(b)
+	before, openBefore := entriesIn(b, burstNS, uniq(pods)), failOpenCount(b)
 	pSum, pCount := meanSums(b, "exec_reaper_provider_request_duration_seconds", false)
 	gSum, gCount := meanSums(b, "gatekeeper_validation_request_duration_seconds", true)
 	r := burstResult{execs: n, latencies: make([]time.Duration, n)}
@@ -285,7 +250,7 @@ func (e *burstEnv) burst(b *testing.B, n int, pods []string) burstResult {
 			}
 		}
 	}
-	r.recorded = entries(b, uniq(pods)) - before
+	r.recorded = entriesIn(b, burstNS, uniq(pods)) - before
 	r.failOpen = failOpenCount(b) - openBefore
 	pSum2, pCount2 := meanSums(b, "exec_reaper_provider_request_duration_seconds", false)
 	gSum2, gCount2 := meanSums(b, "gatekeeper_validation_request_duration_seconds", true)

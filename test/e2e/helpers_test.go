@@ -273,10 +273,10 @@ func waitEvents(t *testing.T, pod *corev1.Pod, reason string, n int) []corev1.Ev
 }
 
 // metric sums the samples of name whose labels contain match in the text.
-func metric(text, name, match string) float64 {
+func metric(text, name string, matches ...string) float64 {
 	var sum float64
 	for _, line := range strings.Split(text, "\n") {
-		if !strings.HasPrefix(line, name) || !strings.Contains(line, match) {
+		if !strings.HasPrefix(line, name) || !containsAll(line, matches) {
 			continue
 		}
 		f := strings.Fields(line)
@@ -285,6 +285,16 @@ func metric(text, name, match string) float64 {
 		}
 	}
 	return sum
+}
+
+// containsAll reports whether s contains every one of subs.
+func containsAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }
 
 // evictions sums a result of the eviction counter over every running deleter.

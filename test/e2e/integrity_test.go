@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/exec-reaper/exec-reaper/record"
 	"github.com/exec-reaper/exec-reaper/test/install"
@@ -117,19 +118,29 @@ type actor struct {
 
 func clientFor(t *testing.T, name, user string, groups ...string) kubernetes.Interface {
 	t.Helper()
-	kc, err := c.Kubeconfig(name, user, groups...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := c.RESTConfig(kc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl, err := kubernetes.NewForConfig(cfg)
+	cl, err := userClient(name, user, groups, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return cl
+}
+
+// userClient is a client that authenticates as user in groups (through a
+// kubeconfig named name), with its REST config first adjusted by tune (nil:
+// as it is).
+func userClient(name, user string, groups []string, tune func(*rest.Config)) (kubernetes.Interface, error) {
+	kc, err := c.Kubeconfig(name, user, groups...)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := c.RESTConfig(kc)
+	if err != nil {
+		return nil, err
+	}
+	if tune != nil {
+		tune(cfg)
+	}
+	return kubernetes.NewForConfig(cfg)
 }
 
 // grant binds a Role with rules in ns to user.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/exec-reaper/exec-reaper/provider"
 	"github.com/exec-reaper/exec-reaper/record"
+	"github.com/exec-reaper/exec-reaper/test/fixture"
 )
 
 // constraintTimeout bounds the wait for Gatekeeper to enforce a constraint.
@@ -80,13 +81,38 @@ func constraint(t *testing.T, name, ns, action string, parameters map[string]any
 			"parameters": parameters,
 		},
 	}}
+	t.Cleanup(func() {
+		_ = c.Dynamic().Resource(execReaperConstraints).Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+	createConstraint(t, obj)
+}
+
+// createConstraint creates the K8sExecReaper constraint obj (retrying while
+// Gatekeeper has not yet served its kind; one that exists already is kept)
+// and waits until Gatekeeper enforces it.
+func createConstraint(t testing.TB, obj *unstructured.Unstructured) {
+	t.Helper()
 	cs := c.Dynamic().Resource(execReaperConstraints)
-	poll(t, "constraint "+name+" created", constraintTimeout, func(ctx context.Context) (bool, error) {
+	poll(t, "constraint "+obj.GetName()+" created", constraintTimeout, func(ctx context.Context) (bool, error) {
 		_, err := cs.Create(ctx, obj, metav1.CreateOptions{})
 		return err == nil || apierrors.IsAlreadyExists(err), nil
 	})
-	t.Cleanup(func() { _ = cs.Delete(context.Background(), name, metav1.DeleteOptions{}) })
-	waitEnforced(t, name)
+	waitEnforced(t, obj.GetName())
+}
+
+// bindDevelopers grants subject the suite's developer role (exec, attach,
+// debug and port-forward everywhere) through ClusterRoleBinding name; one
+// that exists already is kept.
+func bindDevelopers(ctx context.Context, name string, subject rbacv1.Subject) error {
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "e2e-developer"},
+		Subjects:   []rbacv1.Subject{subject},
+	}
+	if _, err := c.Client().RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	return nil
 }
 
 // waitEnforced waits until every Gatekeeper pod reports the constraint's
@@ -201,16 +227,11 @@ func TestLongEntriesAreRecorded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "e2e-many-groups"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "e2e-developer"},
-		Subjects:   []rbacv1.Subject{{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: user}},
-	}
-	if _, err := c.Client().RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := bindDevelopers(ctx, "e2e-many-groups", fixture.User(user)); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = c.Client().RbacV1().ClusterRoleBindings().Delete(ctx, binding.Name, metav1.DeleteOptions{})
+		_ = c.Client().RbacV1().ClusterRoleBindings().Delete(ctx, "e2e-many-groups", metav1.DeleteOptions{})
 	})
 	script := strings.Repeat("echo 0123456789abcdef; ", 800) // 17.6 KB
 	command := []string{"sh", "-c", script}
