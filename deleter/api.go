@@ -82,22 +82,12 @@ func NewAPI(cfg *rest.Config) (API, error) {
 		}
 		cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(qps, burst)
 	}
-	if cfg.UserAgent == "" {
+	if cfg.UserAgent == "" { // the transport's, too
 		cfg.UserAgent = rest.DefaultKubernetesUserAgent()
 	}
 	httpClient, err := rest.HTTPClientFor(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("building the API client's transport: %w", err)
-	}
-	client := func(gv schema.GroupVersion) (rest.Interface, error) {
-		c := rest.CopyConfig(cfg)
-		c.GroupVersion = &gv
-		c.APIPath = "/apis"
-		if gv.Group == "" {
-			c.APIPath = "/api"
-		}
-		c.NegotiatedSerializer = apiCodecs.WithoutConversion()
-		return rest.RESTClientForConfigAndClient(c, httpClient)
 	}
 	var a restAPI
 	for _, c := range []struct {
@@ -109,11 +99,26 @@ func NewAPI(cfg *rest.Config) (API, error) {
 		{&a.networking, networkingv1.SchemeGroupVersion},
 		{&a.admission, admissionregistrationv1.SchemeGroupVersion},
 	} {
-		if *c.into, err = client(c.gv); err != nil {
+		if *c.into, err = rest.RESTClientForConfigAndClient(restConfigFor(cfg, c.gv), httpClient); err != nil {
 			return nil, fmt.Errorf("building the API client for %s: %w", c.gv, err)
 		}
 	}
 	return &a, nil
+}
+
+// restConfigFor is cfg for the REST API of gv, in JSON, with apiScheme.
+func restConfigFor(cfg *rest.Config, gv schema.GroupVersion) *rest.Config {
+	c := rest.CopyConfig(cfg)
+	c.GroupVersion = &gv
+	c.APIPath = "/apis"
+	if gv.Group == "" {
+		c.APIPath = "/api"
+	}
+	c.NegotiatedSerializer = apiCodecs.WithoutConversion()
+	if c.UserAgent == "" {
+		c.UserAgent = rest.DefaultKubernetesUserAgent()
+	}
+	return c
 }
 
 // RateLimiter is the client-side rate limiter all of a's requests share.
@@ -198,13 +203,7 @@ const eventTimeout = 10 * time.Second
 
 // NewEventSink returns the sink that writes the deleter's Events over cfg.
 func NewEventSink(cfg *rest.Config) (*eventSink, error) {
-	c := rest.CopyConfig(cfg)
-	gv := corev1.SchemeGroupVersion
-	c.GroupVersion, c.APIPath, c.NegotiatedSerializer = &gv, "/api", apiCodecs.WithoutConversion()
-	if c.UserAgent == "" {
-		c.UserAgent = rest.DefaultKubernetesUserAgent()
-	}
-	core, err := rest.RESTClientFor(c)
+	core, err := rest.RESTClientFor(restConfigFor(cfg, corev1.SchemeGroupVersion))
 	if err != nil {
 		return nil, fmt.Errorf("building the Events client: %w", err)
 	}

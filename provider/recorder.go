@@ -452,8 +452,9 @@ func (r *Recorder) fold(ctx context.Context, pod *corev1.Pod, calls []*call) bat
 	if setAnnotations == nil {
 		return b
 	}
-	b.patch = metadataPatch(pod, setLabels, slices.Sorted(maps.Keys(removeLabels)), setAnnotations)
-	b.labels, b.annotations, b.absent = map[string]string{}, map[string]string{}, slices.Sorted(maps.Keys(removeLabels))
+	b.absent = slices.Sorted(maps.Keys(removeLabels))
+	b.patch = metadataPatch(pod, setLabels, b.absent, setAnnotations)
+	b.labels, b.annotations = map[string]string{}, map[string]string{}
 	for k := range checkLabels {
 		b.labels[k] = sim.Labels[k]
 	}
