@@ -15,6 +15,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
@@ -298,6 +300,42 @@ func TestGatekeeperConnect(t *testing.T) {
 	t.Logf("kubectl exec denied by Gatekeeper prints: %q", stderr)
 	if !strings.Contains(stderr, `admission webhook "validation.gatekeeper.sh" denied the request`) {
 		t.Errorf("kubectl exec stderr = %q, want Gatekeeper's denial", stderr)
+	}
+	assertStatusOwnersExist(t, c)
+}
+
+// assertStatusOwnersExist checks that Gatekeeper's status objects for the
+// constraint and its template are owned by a Pod that exists, with its UID.
+// One that names another owner (as --debug-use-fake-pod's "no-pod" did) is
+// deleted by the garbage collector as soon as it is written, and written
+// again by Gatekeeper, for as long as the cluster runs.
+func assertStatusOwnersExist(t *testing.T, c *Cluster) {
+	t.Helper()
+	for _, resource := range []string{"constraintpodstatuses", "constrainttemplatepodstatuses"} {
+		statuses := c.Dynamic().Resource(schema.GroupVersionResource{Group: "status.gatekeeper.sh", Version: "v1beta1", Resource: resource}).Namespace(GatekeeperNamespace)
+		var list *unstructured.UnstructuredList
+		poll(t, "Gatekeeper's "+resource, constraintAppliedTimeout, func(ctx context.Context) (bool, error) {
+			var err error
+			list, err = statuses.List(ctx, metav1.ListOptions{})
+			return err == nil && len(list.Items) > 0, nil
+		})
+		for _, st := range list.Items {
+			refs := st.GetOwnerReferences()
+			if len(refs) == 0 {
+				t.Errorf("%s %s has no owner", resource, st.GetName())
+			}
+			for _, ref := range refs {
+				pod, err := c.Client().CoreV1().Pods(GatekeeperNamespace).Get(t.Context(), ref.Name, metav1.GetOptions{})
+				switch {
+				case ref.Kind != "Pod":
+					t.Errorf("%s %s is owned by %s %s, want Gatekeeper's Pod", resource, st.GetName(), ref.Kind, ref.Name)
+				case err != nil:
+					t.Errorf("%s %s is owned by Pod %s (UID %q), which the garbage collector cannot find: %v", resource, st.GetName(), ref.Name, ref.UID, err)
+				case pod.UID != ref.UID:
+					t.Errorf("%s %s is owned by Pod %s with UID %q, but that Pod's UID is %q", resource, st.GetName(), ref.Name, ref.UID, pod.UID)
+				}
+			}
+		}
 	}
 }
 

@@ -57,6 +57,12 @@ const (
 	// TestGatekeeperValuesMatch keeps them equal), so that the suite and its
 	// benchmarks run the Gatekeeper exec-reaper tells teams to run.
 	GatekeeperMaxServingThreads = 100
+	// GatekeeperPod is the Pod object Gatekeeper reads as its own (see
+	// ensureGatekeeperPod).
+	GatekeeperPod = "gatekeeper-controller-manager"
+	// unscheduled is a scheduler that does not exist: a pod that names it
+	// is never bound to a node.
+	unscheduled = "exec-reaper.test/never"
 )
 
 // gatekeeperSubResources is the chart's validatingWebhookSubResources
@@ -115,6 +121,9 @@ func (c *Cluster) startGatekeeper(ctx context.Context, pre323 bool) error {
 		return err
 	}
 	if err := c.ensureNamespace(ctx, GatekeeperNamespace); err != nil {
+		return err
+	}
+	if err := c.ensureGatekeeperPod(ctx); err != nil {
 		return err
 	}
 
@@ -188,8 +197,6 @@ func (c *Cluster) startGatekeeper(ctx context.Context, pre323 bool) error {
 		"--external-data-provider-response-cache-ttl=3m",
 		"--exempt-namespace=" + GatekeeperNamespace,
 		"--log-denies=true",
-		// Outside a pod: no pod name to own status objects.
-		"--debug-use-fake-pod",
 		"--shutdown-delay=0",
 	}
 	if pre323 {
@@ -199,7 +206,7 @@ func (c *Cluster) startGatekeeper(ctx context.Context, pre323 bool) error {
 			return a == "--operation=generate" || a == "--shutdown-delay=0"
 		})
 	}
-	p, err := c.startCore("gatekeeper", args, []string{"POD_NAMESPACE=" + GatekeeperNamespace})
+	p, err := c.startCore("gatekeeper", args, []string{"POD_NAMESPACE=" + GatekeeperNamespace, "POD_NAME=" + GatekeeperPod})
 	if err != nil {
 		return err
 	}
@@ -226,6 +233,31 @@ func (c *Cluster) startGatekeeper(ctx context.Context, pre323 bool) error {
 		return err
 	}
 	c.logf("gatekeeper webhook effective")
+	return nil
+}
+
+// ensureGatekeeperPod creates the Pod object that Gatekeeper, run as a
+// process, reads as its own (POD_NAME): it owns Gatekeeper's status objects
+// (ConstraintPodStatus and the like) through it. No scheduler binds it and
+// no kubelet runs it. Without it (--debug-use-fake-pod) those objects name
+// an owner that does not exist, so the garbage collector deletes each as
+// soon as it is written and Gatekeeper writes it again: a loop of about 30
+// API writes a second, with Gatekeeper reconciling each, that started
+// about 30 s after the cluster (the collector's discovery of Gatekeeper's
+// resources) and loaded the API server, the controller manager and
+// Gatekeeper under every later test and benchmark.
+func (c *Cluster) ensureGatekeeperPod(ctx context.Context) error {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: GatekeeperPod, Namespace: GatekeeperNamespace, Labels: map[string]string{"control-plane": "controller-manager"}},
+		Spec: corev1.PodSpec{
+			SchedulerName: unscheduled,
+			Containers:    []corev1.Container{{Name: "manager", Image: "gatekeeper-runs-as-a-process-of-the-test-cluster"}},
+		},
+	}
+	_, err := c.client.CoreV1().Pods(GatekeeperNamespace).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating the Pod object Gatekeeper owns its status objects by: %w", err)
+	}
 	return nil
 }
 
