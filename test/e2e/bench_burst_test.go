@@ -39,7 +39,10 @@ import (
 // open on Gatekeeper's webhook, which apiserver_admission_webhook_fail_open_count
 // counts.
 const (
-	burstNS         = "e2e-burst"
+	burstNS = "e2e-burst"
+	// burstAloneNS holds pods of the same names that no exec-reaper
+	// constraint matches: the same bursts there are Gatekeeper alone.
+	burstAloneNS    = "e2e-burst-gatekeeper-alone"
 	burstConstraint = "exec-reaper-burst"
 	burstUsers      = 10
 	burstPods       = 100
@@ -85,9 +88,11 @@ func burstEnvironment(b *testing.B) *burstEnv {
 
 func newBurstEnv(b *testing.B) (*burstEnv, error) {
 	ctx := context.Background()
-	namespace(b, burstNS)
-	if err := excludeFromDefault(ctx, burstNS); err != nil {
-		return nil, err
+	for _, ns := range []string{burstNS, burstAloneNS} {
+		namespace(b, ns)
+		if err := excludeFromDefault(ctx, ns); err != nil {
+			return nil, err
+		}
 	}
 	obj := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "constraints.gatekeeper.sh/v1beta1",
@@ -118,9 +123,11 @@ func newBurstEnv(b *testing.B) (*burstEnv, error) {
 	}
 	for p := range burstPods {
 		name := fmt.Sprintf("burst-%03d", p)
-		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: burstNS}, Spec: appSpec()}
-		if _, err := c.Client().CoreV1().Pods(burstNS).Create(ctx, pod, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-			return nil, err
+		for _, ns := range []string{burstNS, burstAloneNS} {
+			pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: appSpec()}
+			if _, err := c.Client().CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+				return nil, err
+			}
 		}
 		e.pods = append(e.pods, name)
 	}
@@ -166,6 +173,9 @@ type burstResult struct {
 	latencies                []time.Duration
 	// floor is the time of the GET+PATCH floor measured just before, if any.
 	floor time.Duration
+	// alone is the same burst into pods of burstAloneNS, with Gatekeeper
+	// alone, released just before, if it was.
+	alone *burstResult
 }
 
 // failOpenCount reads the API server's count of webhook calls it failed open on.
@@ -215,7 +225,7 @@ func (e *burstEnv) burst(b *testing.B, n int, pods []string) burstResult {
 	before, openBefore := entriesIn(b, burstNS, uniq(pods)), failOpenCount(b)
 	pSum, pCount := meanSums(b, "exec_reaper_provider_request_duration_seconds", false)
 	gSum, gCount := meanSums(b, "gatekeeper_validation_request_duration_seconds", true)
-	r := e.release(b, n, pods)
+	r := e.release(b, burstNS, n, pods)
 	r.recorded = entriesIn(b, burstNS, uniq(pods)) - before
 	r.failOpen = failOpenCount(b) - openBefore
 	pSum2, pCount2 := meanSums(b, "exec_reaper_provider_request_duration_seconds", false)
@@ -230,9 +240,9 @@ func (e *burstEnv) burst(b *testing.B, n int, pods []string) burstResult {
 }
 
 // release releases n execs together, exec i by user i%burstUsers into
-// pods[i%len(pods)], and counts their outcomes, latencies and wall time
-// (burst adds what the API server and the pods' records say).
-func (e *burstEnv) release(b *testing.B, n int, pods []string) burstResult {
+// pods[i%len(pods)] of ns, and counts their outcomes, latencies and wall
+// time (burst adds what the API server and the pods' records say).
+func (e *burstEnv) release(b *testing.B, ns string, n int, pods []string) burstResult {
 	b.Helper()
 	r := burstResult{execs: n, latencies: make([]time.Duration, n)}
 	outcome := make([]string, n)
@@ -246,7 +256,7 @@ func (e *burstEnv) release(b *testing.B, n int, pods []string) burstResult {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), burstTimeout)
 			defer cancel()
-			req := execRequest(e.clients[i%burstUsers], burstNS, pods[i%len(pods)], fmt.Sprintf("burst-%d", base+i))
+			req := execRequest(e.clients[i%burstUsers], ns, pods[i%len(pods)], fmt.Sprintf("burst-%d", base+i))
 			<-start
 			t0 := time.Now()
 			err := req.Do(ctx).Error()
@@ -358,7 +368,8 @@ const burstRepeats = 5
 // calls the API server failed open on (admitted with no record): the last
 // must be 0. Into one pod it reports admission p50/p99; into 100 pods the
 // throughput beside the GET+PATCH floor measured just before it; both over
-// burstRepeats bursts. Last, Events: a sustained run of bursts, then every
+// burstRepeats bursts, each beside the same burst with Gatekeeper alone
+// (burstAloneNS). Last, Events: a sustained run of bursts, then every
 // entry of every burst must be accounted for by an Event (see burstEvents).
 func BenchmarkBurst(b *testing.B) {
 	for _, tt := range []struct {
@@ -367,12 +378,14 @@ func BenchmarkBurst(b *testing.B) {
 		repeats int
 		onePod  bool
 		compare bool // measure the floor beside it
+		// alone releases the same burst with Gatekeeper alone beside it.
+		alone bool
 		// failClosed reviews CONNECT in a webhook of its own with
 		// failurePolicy Fail (charts/gatekeeper-connect-webhook.yaml).
 		failClosed bool
 	}{
-		{name: "100-into-100-pods", n: 100, repeats: burstRepeats, compare: true},
-		{name: "100-into-one-pod", n: 100, repeats: burstRepeats, onePod: true},
+		{name: "100-into-100-pods", n: 100, repeats: burstRepeats, compare: true, alone: true},
+		{name: "100-into-one-pod", n: 100, repeats: burstRepeats, onePod: true, alone: true},
 		{name: "500-into-100-pods", n: 500, repeats: 1},
 		{name: "500-into-one-pod", n: 500, repeats: 1, onePod: true},
 		{name: "500-into-100-pods-fail-closed", n: 500, repeats: 1, failClosed: true},
@@ -400,8 +413,21 @@ func BenchmarkBurst(b *testing.B) {
 					if tt.compare {
 						floor = e.getPatchFloor(b, pods)
 					}
+					var alone *burstResult
+					if tt.alone {
+						// The 100 pods of the same names, or the first of them.
+						alonePods := e.pods
+						if tt.onePod {
+							alonePods = e.pods[:1]
+						}
+						a := e.release(b, burstAloneNS, tt.n, alonePods)
+						if a.admitted != a.execs {
+							b.Fatalf("with Gatekeeper alone, %d of %d execs were not admitted", a.execs-a.admitted, a.execs)
+						}
+						alone = &a
+					}
 					r := e.burst(b, tt.n, pods)
-					r.floor = floor
+					r.floor, r.alone = floor, alone
 					rs = append(rs, r)
 					fmt.Fprintf(os.Stderr, "burst %-29s %s\n", fmt.Sprintf("%s#%d", tt.name, rep+1), r)
 				}
@@ -426,6 +452,10 @@ func BenchmarkBurst(b *testing.B) {
 			if all.floor > 0 {
 				b.ReportMetric(median(rs, burstResult.xFloor), "x-floor")
 			}
+			if rs[0].alone != nil {
+				b.ReportMetric(median(rs, burstResult.aloneP99), "median-gatekeeper-alone-p99-ms")
+				b.ReportMetric(median(rs, burstResult.xAlone), "x-gatekeeper-alone")
+			}
 		})
 	}
 	b.Run("events-at-the-burst-rate", func(b *testing.B) {
@@ -446,8 +476,18 @@ func (r burstResult) String() string {
 	if r.floor > 0 {
 		s += fmt.Sprintf(" floor GET+PATCH %6.1f /s (%.2fx its time)", float64(r.execs)/r.floor.Seconds(), r.xFloor())
 	}
+	if r.alone != nil {
+		s += fmt.Sprintf("; Gatekeeper alone: p99 %.1f ms, %.1f execs/s (%.2fx its time)", r.alone.p99(), float64(r.execs)/r.alone.wall.Seconds(), r.xAlone())
+	}
 	return s
 }
+
+// xAlone is how many times the same burst's time with Gatekeeper alone the
+// burst took.
+func (r burstResult) xAlone() float64 { return r.wall.Seconds() / r.alone.wall.Seconds() }
+
+// aloneP99 is the p99 of the same burst with Gatekeeper alone.
+func (r burstResult) aloneP99() float64 { return r.alone.p99() }
 
 // p99 is the burst's exec p99 in milliseconds.
 func (r burstResult) p99() float64 { return percentile(r.latencies, 0.99) }
@@ -507,6 +547,10 @@ func summarize(rs []burstResult) string {
 		slices.Sort(xs)
 		s += fmt.Sprintf("; time beside its floor median %.2fx (%.2f–%.2f), pooled %.2fx", xs[len(xs)/2], xs[0], xs[len(xs)-1], all.wall.Seconds()/all.floor.Seconds())
 	}
+	if rs[0].alone != nil {
+		s += fmt.Sprintf("; with Gatekeeper alone each burst's p99 median %.1f ms, time beside it median %.2fx",
+			median(rs, burstResult.aloneP99), median(rs, burstResult.xAlone))
+	}
 	return s
 }
 
@@ -533,7 +577,7 @@ func burstEvents(b *testing.B, e *burstEnv) map[string]float64 {
 	var rounds []burstResult
 	t0 := time.Now()
 	for range burstEventRounds {
-		rounds = append(rounds, e.release(b, burstPods, e.pods))
+		rounds = append(rounds, e.release(b, burstNS, burstPods, e.pods))
 	}
 	sustained := time.Since(t0)
 	all := pool(rounds)
