@@ -519,33 +519,31 @@ func pool(rs []burstResult) burstResult {
 
 // median returns the median of f over rs.
 func median(rs []burstResult, f func(burstResult) float64) float64 {
+	m, _, _ := spread(rs, f)
+	return m
+}
+
+// spread returns the median, least and greatest of f over rs.
+func spread(rs []burstResult, f func(burstResult) float64) (med, lo, hi float64) {
 	vs := make([]float64, len(rs))
 	for i, r := range rs {
 		vs[i] = f(r)
 	}
 	slices.Sort(vs)
-	return vs[len(vs)/2]
+	return vs[len(vs)/2], vs[0], vs[len(vs)-1]
 }
 
 // summarize is the table's line for repeated bursts: the pooled counts and
 // latencies, and the spread of each burst's p99 and time beside its floor.
 func summarize(rs []burstResult) string {
 	all := pool(rs)
-	p99s := make([]float64, len(rs))
-	for i, r := range rs {
-		p99s[i] = r.p99()
-	}
-	slices.Sort(p99s)
+	med, lo, hi := spread(rs, burstResult.p99)
 	s := fmt.Sprintf("execs %3d admitted %3d recorded %3d admitted-unrecorded %3d fail-open %3.0f; pooled p50 %.1f ms p99 %.1f ms; each burst's p99 median %.1f ms (%.1f–%.1f)",
 		all.execs, all.admitted, all.recorded, max(0, all.admitted-all.recorded), all.failOpen,
-		percentile(all.latencies, 0.5), percentile(all.latencies, 0.99), p99s[len(p99s)/2], p99s[0], p99s[len(p99s)-1])
+		percentile(all.latencies, 0.5), percentile(all.latencies, 0.99), med, lo, hi)
 	if all.floor > 0 {
-		xs := make([]float64, len(rs))
-		for i, r := range rs {
-			xs[i] = r.xFloor()
-		}
-		slices.Sort(xs)
-		s += fmt.Sprintf("; time beside its floor median %.2fx (%.2f–%.2f), pooled %.2fx", xs[len(xs)/2], xs[0], xs[len(xs)-1], all.wall.Seconds()/all.floor.Seconds())
+		med, lo, hi := spread(rs, burstResult.xFloor)
+		s += fmt.Sprintf("; time beside its floor median %.2fx (%.2f–%.2f), pooled %.2fx", med, lo, hi, all.wall.Seconds()/all.floor.Seconds())
 	}
 	if rs[0].alone != nil {
 		s += fmt.Sprintf("; with Gatekeeper alone each burst's p99 median %.1f ms, time beside it median %.2fx",
