@@ -267,6 +267,7 @@ func (c *Certs) TLSConfig() *tls.Config {
 		MinVersion: tls.VersionTLS13,
 		NextProtos: []string{"http/1.1"},
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			handshakesTotal.Inc()
 			c.mu.RLock()
 			defer c.mu.RUnlock()
 			if c.config == nil {

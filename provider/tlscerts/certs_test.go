@@ -5,12 +5,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/exec-reaper/exec-reaper/provider/tlscerts"
@@ -66,6 +68,48 @@ func TestTLSClients(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestTLSHandshakesCounted checks that exec_reaper_provider_tls_handshakes_total
+// counts new connections, not requests: requests on a kept-alive
+// connection add none.
+func TestTLSHandshakesCounted(t *testing.T) {
+	e := newEnv(t)
+	reg := prometheus.NewRegistry()
+	tlscerts.Register(reg)
+	before := handshakes(t, reg)
+	first := e.gatekeeper(t)
+	first.Transport.(*http.Transport).DisableKeepAlives = false // as Gatekeeper's
+	for range 3 {
+		resp, err := first.Post(e.url(), "application/json", strings.NewReader(string(requestBody)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body) // read to the end, or the connection is not reused
+		resp.Body.Close()
+	}
+	if _, err := connect(t, e.gatekeeper(t), e.url()); err != nil {
+		t.Fatal(err)
+	}
+	if got := handshakes(t, reg) - before; got != 2 {
+		t.Errorf("handshakes counted = %v after 4 requests on 2 connections, want 2", got)
+	}
+}
+
+// handshakes reads exec_reaper_provider_tls_handshakes_total from reg.
+func handshakes(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "exec_reaper_provider_tls_handshakes_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatal("exec_reaper_provider_tls_handshakes_total is not registered")
+	return 0
 }
 
 // peer makes one request on a new connection and returns the server's

@@ -171,6 +171,9 @@ type burstResult struct {
 	providerMs, gatekeeperMs float64
 	wall                     time.Duration
 	latencies                []time.Duration
+	// handshakes is how many TLS connections Gatekeeper opened to the
+	// providers during the burst.
+	handshakes float64
 	// floor is the time of the GET+PATCH floor measured just before, if any.
 	floor time.Duration
 	// alone is the same burst into pods of burstAloneNS, with Gatekeeper
@@ -225,7 +228,9 @@ func (e *burstEnv) burst(b *testing.B, n int, pods []string) burstResult {
 	before, openBefore := entriesIn(b, burstNS, uniq(pods)), failOpenCount(b)
 	pSum, pCount := meanSums(b, "exec_reaper_provider_request_duration_seconds", false)
 	gSum, gCount := meanSums(b, "gatekeeper_validation_request_duration_seconds", true)
+	shakes := providerSum(b, "exec_reaper_provider_tls_handshakes_total")
 	r := e.release(b, burstNS, n, pods)
+	r.handshakes = providerSum(b, "exec_reaper_provider_tls_handshakes_total") - shakes
 	r.recorded = entriesIn(b, burstNS, uniq(pods)) - before
 	r.failOpen = failOpenCount(b) - openBefore
 	pSum2, pCount2 := meanSums(b, "exec_reaper_provider_request_duration_seconds", false)
@@ -443,6 +448,7 @@ func BenchmarkBurst(b *testing.B) {
 			b.ReportMetric(float64(all.recorded), "recorded")
 			b.ReportMetric(float64(max(0, all.admitted-all.recorded)), "admitted-unrecorded")
 			b.ReportMetric(all.failOpen, "fail-open")
+			b.ReportMetric(all.handshakes/float64(all.execs), "tls-handshakes/exec")
 			b.ReportMetric(all.providerMs, "provider-mean-ms")
 			b.ReportMetric(all.gatekeeperMs, "gatekeeper-review-mean-ms")
 			b.ReportMetric(percentile(all.latencies, 0.50), "p50-ms")
@@ -473,6 +479,7 @@ func (r burstResult) String() string {
 	s := fmt.Sprintf("execs %3d admitted %3d refused %3d failed %3d recorded %3d admitted-unrecorded %3d fail-open %3.0f p50 %7.1f ms p99 %7.1f ms %6.1f execs/s; mean provider request %6.1f ms, Gatekeeper review %6.1f ms",
 		r.execs, r.admitted, r.refused, r.failed, r.recorded, max(0, r.admitted-r.recorded), r.failOpen,
 		percentile(r.latencies, 0.5), r.p99(), float64(r.execs)/r.wall.Seconds(), r.providerMs, r.gatekeeperMs)
+	s += fmt.Sprintf(", %.0f TLS handshakes", r.handshakes)
 	if r.floor > 0 {
 		s += fmt.Sprintf(" floor GET+PATCH %6.1f /s (%.2fx its time)", float64(r.execs)/r.floor.Seconds(), r.xFloor())
 	}
@@ -506,6 +513,7 @@ func pool(rs []burstResult) burstResult {
 		all.failed += r.failed
 		all.recorded += r.recorded
 		all.failOpen += r.failOpen
+		all.handshakes += r.handshakes
 		all.providerMs += r.providerMs * float64(r.execs)
 		all.gatekeeperMs += r.gatekeeperMs * float64(r.execs)
 		all.wall += r.wall
@@ -658,6 +666,20 @@ func namespaceEntries(b *testing.B) int {
 		}
 	}
 	return n
+}
+
+// providerSum sums the counter name over every provider replica.
+func providerSum(b *testing.B, name string) float64 {
+	b.Helper()
+	texts, err := inst.EachProviderMetrics(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	var sum float64
+	for _, t := range texts {
+		sum += metric(t, name, "")
+	}
+	return sum
 }
 
 // providerEvents sums exec_reaper_provider_events_total by result over
