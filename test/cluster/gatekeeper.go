@@ -241,8 +241,8 @@ func (c *Cluster) startGatekeeper(ctx context.Context, pre323 bool) error {
 // (ConstraintPodStatus and the like) through it. No scheduler binds it and
 // no kubelet runs it. Without it (--debug-use-fake-pod) those objects name
 // an owner that does not exist, so the garbage collector deletes each as
-// soon as it is written and Gatekeeper writes it again: a loop of about 80
-// API writes a second (about 750 in one 9 s window), with Gatekeeper
+// soon as it is written and Gatekeeper writes it again: a loop of about 90
+// API writes a second (about 800 in one 9 s window), with Gatekeeper
 // reconciling each, that started about 30 s after the cluster (the
 // collector's discovery of Gatekeeper's resources) and loaded the API
 // server, the controller manager and Gatekeeper under every later test and
