@@ -57,9 +57,9 @@ type burstEnv struct {
 	pods    []string
 	clients []kubernetes.Interface
 	seq     int // numbers execs across bursts, so each is a distinct entry
-	// events is the providers' count of Events about entries, by result,
-	// before the first burst.
-	events map[string]float64
+	// dropped and failed are the providers' counts of Events about entries
+	// dropped and failed before the first burst.
+	dropped, failed float64
 	// admin measures the floors: the admin without a client-side rate
 	// limit (c.Client() has one, which the bookkeeping between bursts
 	// drains).
@@ -131,7 +131,7 @@ func newBurstEnv(b *testing.B) (*burstEnv, error) {
 		}
 		e.pods = append(e.pods, name)
 	}
-	e.events = providerEvents(b)
+	e.dropped, e.failed = eventLosses(b)
 	e.admin = unlimitedClient(b, "")
 	return e, nil
 }
@@ -598,8 +598,8 @@ func burstEvents(b *testing.B, e *burstEnv) map[string]float64 {
 		if ev, err = tallyEvents(ctx); err != nil {
 			return false, nil
 		}
-		counts := providerEvents(b)
-		ev.dropped, ev.failed = counts["dropped"]-e.events["dropped"], counts["failed"]-e.events["failed"]
+		dropped, failed := eventLosses(b)
+		ev.dropped, ev.failed = dropped-e.dropped, failed-e.failed
 		lost = float64(entries) - float64(ev.counted) - ev.dropped - ev.failed
 		return lost <= 0, nil
 	})
@@ -668,35 +668,13 @@ func namespaceEntries(b *testing.B) int {
 	return n
 }
 
-// providerSum sums the counter name over every provider replica.
-func providerSum(b *testing.B, name string) float64 {
-	b.Helper()
-	texts, err := inst.EachProviderMetrics(context.Background())
-	if err != nil {
-		b.Fatal(err)
-	}
-	var sum float64
-	for _, t := range texts {
-		sum += metric(t, name, "")
-	}
-	return sum
-}
-
-// providerEvents sums exec_reaper_provider_events_total by result over
-// every provider replica.
-func providerEvents(b *testing.B) map[string]float64 {
-	b.Helper()
-	texts, err := inst.EachProviderMetrics(context.Background())
-	if err != nil {
-		b.Fatal(err)
-	}
-	counts := map[string]float64{}
-	for _, t := range texts {
-		for _, result := range []string{"created", "duplicate", "failed", "folded", "dropped"} {
-			counts[result] += metric(t, "exec_reaper_provider_events_total", `result="`+result+`"`)
-		}
-	}
-	return counts
+// eventLosses returns the providers' counts of Events about entries dropped
+// (their queue and table of folded Events full) and failed (the create
+// refused).
+func eventLosses(t testing.TB) (dropped, failed float64) {
+	t.Helper()
+	return providerSum(t, "exec_reaper_provider_events_total", `result="dropped"`),
+		providerSum(t, "exec_reaper_provider_events_total", `result="failed"`)
 }
 
 // failClosedConnect moves CONNECT out of Gatekeeper's webhook into the second

@@ -296,13 +296,21 @@ func portForward(t *testing.T, kubeconfig string, pod *corev1.Pod) int {
 // call Gatekeeper makes, however many keys the request holds.
 func externalDataCalls(t *testing.T) float64 {
 	t.Helper()
+	return providerSum(t, "exec_reaper_provider_request_duration_seconds_count")
+}
+
+// providerSum sums the samples of name whose labels contain every one of
+// matches over every running provider replica (requests are spread across
+// them, so a count is their sum).
+func providerSum(t testing.TB, name string, matches ...string) float64 {
+	t.Helper()
 	texts, err := inst.EachProviderMetrics(context.Background())
 	if err != nil {
 		t.Fatalf("reading the provider's metrics: %v", err)
 	}
-	var n float64
+	var sum float64
 	for _, text := range texts {
-		n += metric(text, "exec_reaper_provider_request_duration_seconds_count", "")
+		sum += metric(text, name, matches...)
 	}
-	return n
+	return sum
 }
