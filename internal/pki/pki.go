@@ -6,9 +6,11 @@
 package pki
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -26,7 +28,7 @@ const Validity = 24 * time.Hour
 // CA is a certificate authority with its key.
 type CA struct {
 	Cert    *x509.Certificate
-	Key     *ecdsa.PrivateKey
+	Key     crypto.Signer // *ecdsa.PrivateKey, or *rsa.PrivateKey from NewRSACA
 	CertPEM []byte
 }
 
@@ -35,9 +37,18 @@ type Pair struct {
 	CertPEM, KeyPEM []byte
 }
 
-// NewCA returns a self-signed CA named cn.
-func NewCA(cn string) (*CA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+// NewCA returns a self-signed CA named cn. It and what it issues have ECDSA
+// P-256 keys.
+func NewCA(cn string) (*CA, error) { return newCA(cn, false) }
+
+// NewRSACA returns a self-signed CA named cn whose key, and those of what it
+// issues, are RSA 2048-bit, as cert-controller makes them (Gatekeeper's
+// webhook and client certificate, the provider's as cert-controller issues
+// it).
+func NewRSACA(cn string) (*CA, error) { return newCA(cn, true) }
+
+func newCA(cn string, rsaKeys bool) (*CA, error) {
+	key, err := newKey(rsaKeys)
 	if err != nil {
 		return nil, err
 	}
@@ -50,7 +61,7 @@ func NewCA(cn string) (*CA, error) {
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +76,8 @@ func NewCA(cn string) (*CA, error) {
 // groups, for client certificates), hosts (DNS names or IPs, for serving
 // certificates) and extended usages.
 func (ca *CA) Issue(cn string, orgs, hosts []string, usages ...x509.ExtKeyUsage) (Pair, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	_, rsaKeys := ca.Key.(*rsa.PrivateKey)
+	key, err := newKey(rsaKeys)
 	if err != nil {
 		return Pair{}, err
 	}
@@ -84,25 +96,44 @@ func (ca *CA) Issue(cn string, orgs, hosts []string, usages ...x509.ExtKeyUsage)
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
 	if err != nil {
 		return Pair{}, err
 	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
+	keyPEM, err := encodeKey(key)
 	if err != nil {
 		return Pair{}, err
 	}
-	return Pair{CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: pemBlock("EC PRIVATE KEY", keyDER)}, nil
+	return Pair{CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: keyPEM}, nil
 }
 
 // KeyPEM returns the CA's private key, PEM-encoded (a cluster's controller
 // manager signs with it).
-func (ca *CA) KeyPEM() ([]byte, error) {
-	der, err := x509.MarshalECPrivateKey(ca.Key)
-	if err != nil {
-		return nil, err
+func (ca *CA) KeyPEM() ([]byte, error) { return encodeKey(ca.Key) }
+
+// newKey returns a new RSA 2048-bit key if rsaKeys, else an ECDSA P-256 one.
+func newKey(rsaKeys bool) (crypto.Signer, error) {
+	if rsaKeys {
+		return rsa.GenerateKey(rand.Reader, 2048)
 	}
-	return pemBlock("EC PRIVATE KEY", der), nil
+	return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+}
+
+// encodeKey PEM-encodes key as cert-controller and kubeadm do: "RSA PRIVATE
+// KEY" (PKCS #1) or "EC PRIVATE KEY" (SEC 1).
+func encodeKey(key crypto.Signer) ([]byte, error) {
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
+		return pemBlock("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(k)), nil
+	case *ecdsa.PrivateKey:
+		der, err := x509.MarshalECPrivateKey(k)
+		if err != nil {
+			return nil, err
+		}
+		return pemBlock("EC PRIVATE KEY", der), nil
+	default:
+		return nil, fmt.Errorf("unsupported key type %T", key)
+	}
 }
 
 // Server issues a serving certificate for hosts.

@@ -145,10 +145,11 @@ func (c *Cluster) startGatekeeper(ctx context.Context, pre323 bool) error {
 	}
 
 	// Gatekeeper's own CA, as its cert rotator would make it (which is off:
-	// it would want a Service DNS name, not 127.0.0.1). clientAuth too,
-	// because Gatekeeper presents this certificate to external-data
-	// providers.
-	ca, err := pki.NewCA("gatekeeper-ca")
+	// it would want a Service DNS name, not 127.0.0.1): RSA 2048-bit keys,
+	// as cert-controller's, since Gatekeeper signs every new external-data
+	// connection's handshake with this key. clientAuth too, because
+	// Gatekeeper presents this certificate to external-data providers.
+	ca, err := pki.NewRSACA("gatekeeper-ca")
 	if err != nil {
 		return err
 	}
