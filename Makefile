@@ -57,7 +57,7 @@ e2e: ## End-to-end suite on a local control plane with real Gatekeeper and kubec
 	$(TOOLS_ENV) $(OLD_GATEKEEPER_ENV) $(GO) test -tags e2e -count=1 -p 1 -timeout 30m -v ./test/...
 
 bench: ## Benchmarks; see BENCHMARKS.md. The second part runs against the local control plane.
-	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./provider/ ./record/
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./provider/ ./provider/tlscerts/ ./record/
 	$(TOOLS_ENV) $(GO) test -tags e2e -count=1 -timeout 40m -run '^$$' -bench . -benchtime 300x ./test/e2e/
 
 demo: ## The main job: exec into a pod on a local control plane and watch exec-reaper evict it.

@@ -283,7 +283,14 @@ func run(ctx context.Context, cfg Config, d deps, reg *prometheus.Registry) erro
 		ns, name, _ := tlscerts.SplitRef(r.Secret)
 		sync := tlscerts.NewSecretSync(d.client, ns, name,
 			// cert-controller names the Secret's keys after the files.
-			map[string]string{filepath.Base(cfg.CertFile): cfg.CertFile, filepath.Base(cfg.KeyFile): cfg.KeyFile}, reload)
+			map[string]string{filepath.Base(cfg.CertFile): cfg.CertFile, filepath.Base(cfg.KeyFile): cfg.KeyFile}, reload,
+			// Its CA, in memory only, for the serving certificate's ECDSA
+			// twin (tlscerts/twin.go).
+			tlscerts.WithData(func(data map[string][]byte) {
+				if err := certs.SetIssuer(data["ca.crt"], data["ca.key"]); err != nil {
+					log.Error(err, "Serving the certificate as cert-controller issued it, without its ECDSA twin", "secret", r.Secret)
+				}
+			}))
 		part("serving certificate", func(ctx context.Context) error { sync.Run(ctx); return nil })
 	}
 	if d.rotator != nil {

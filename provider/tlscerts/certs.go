@@ -39,6 +39,9 @@ type Certs struct {
 	// Guarded by reload:
 	current []*x509.Certificate  // the CAs in caFile at the last load
 	retired map[string]retiredCA // CAs gone from caFile, by their DER, still trusted
+	issuer  *issuer              // the serving certificate's CA with its key, if known (SetIssuer)
+	twin    tls.Certificate      // the ECDSA twin last issued (see twin.go)
+	twinOf  []byte               // the DER of the certificate and CA twin was issued for
 
 	mu     sync.RWMutex
 	config *tls.Config       // per-connection configuration for the loaded files
@@ -95,6 +98,9 @@ func (c *Certs) Reload() (changed bool, err error) {
 	}
 	now := c.clock.Now()
 	all := bytes.Join(raw[:], []byte{0})
+	if c.issuer != nil {
+		all = append(append(all, 0), c.issuer.raw...)
+	}
 	c.mu.RLock()
 	same := bytes.Equal(all, c.loaded)
 	c.mu.RUnlock()
@@ -108,6 +114,10 @@ func (c *Certs) Reload() (changed bool, err error) {
 	cas, err := parseCerts(raw[2])
 	if err != nil {
 		return false, fmt.Errorf("loading client CA %s: %w", c.caFile, err)
+	}
+	serving, err := c.serving(cert)
+	if err != nil {
+		return false, err
 	}
 
 	// Retire the CAs that left the file; a CA back in the file is current
@@ -143,7 +153,7 @@ func (c *Certs) Reload() (changed bool, err error) {
 	// client CAs, so a rotation takes effect at once.
 	config := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
+		Certificates: serving,
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    pool,
 		// HTTP/1.1 only, as Gatekeeper's client speaks it: a drain moves
@@ -154,9 +164,34 @@ func (c *Certs) Reload() (changed bool, err error) {
 	clientCAsTrusted.WithLabelValues("current").Set(float64(len(cas)))
 	clientCAsTrusted.WithLabelValues("retired").Set(float64(len(retired)))
 	c.mu.Lock()
-	c.config, c.leaf, c.loaded = config, cert.Leaf, all
+	c.config, c.leaf, c.loaded = config, serving[0].Leaf, all
 	c.mu.Unlock()
 	return true, nil
+}
+
+// serving returns the certificates to serve for cert, in order of
+// preference: its ECDSA twin first when one is issued (see twin.go), which
+// every TLS 1.3 client Gatekeeper runs can use; cert itself for any other.
+// Called under reload.
+func (c *Certs) serving(cert tls.Certificate) ([]tls.Certificate, error) {
+	of := cert.Leaf.Raw
+	if c.issuer != nil {
+		of = append(append(of[:len(of):len(of)], 0), c.issuer.raw...)
+	}
+	if !bytes.Equal(of, c.twinOf) {
+		twin, ok, err := ecdsaTwin(cert, c.issuer)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			twin = tls.Certificate{}
+		}
+		c.twin, c.twinOf = twin, of
+	}
+	if c.twin.Leaf == nil {
+		return []tls.Certificate{cert}, nil
+	}
+	return []tls.Certificate{c.twin, cert}, nil
 }
 
 // expired reports whether a retired CA's grace is over. Called under reload.
@@ -221,7 +256,7 @@ func (c *Certs) ReloadAndReport(ctx context.Context) {
 		log.Error(err, "Reloading certificates; keeping the previous ones")
 	case changed:
 		certReloadsTotal.WithLabelValues("changed").Inc()
-		log.Info("Reloaded certificates", "cert", c.certFile, "clientCA", c.caFile, "clientCAs", c.ClientCAs())
+		log.Info("Reloaded certificates", "cert", c.certFile, "servedKey", c.servedKey(), "clientCA", c.caFile, "clientCAs", c.ClientCAs())
 	}
 }
 
@@ -252,7 +287,21 @@ func (c *Certs) Ready() error {
 	return nil
 }
 
-// Serving returns the serving certificate loaded, or nil.
+// servedKey describes the key of the certificate most clients are served.
+func (c *Certs) servedKey() string {
+	c.reload.Lock()
+	defer c.reload.Unlock()
+	if c.twin.Leaf != nil {
+		return "ECDSA P-256 (a twin of the certificate as issued, by the same CA)"
+	}
+	if leaf := c.Serving(); leaf != nil {
+		return leaf.PublicKeyAlgorithm.String() + " (as issued)"
+	}
+	return ""
+}
+
+// Serving returns the serving certificate most clients are served (its ECDSA
+// twin, if there is one), or nil.
 func (c *Certs) Serving() *x509.Certificate {
 	c.mu.RLock()
 	defer c.mu.RUnlock()

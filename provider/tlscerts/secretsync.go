@@ -28,12 +28,27 @@ type SecretSync struct {
 	// files maps a key of the Secret's data to the file it is written to.
 	files    map[string]string
 	onChange func()
+	onData   func(data map[string][]byte)
+}
+
+// SecretSyncOption configures a SecretSync.
+type SecretSyncOption func(*SecretSync)
+
+// WithData has fn see the whole of every complete version of the Secret's
+// data, in memory, before its files are written and onChange runs: for what
+// must not be written to disk (the provider's CA key, see Certs.SetIssuer).
+func WithData(fn func(data map[string][]byte)) SecretSyncOption {
+	return func(s *SecretSync) { s.onData = fn }
 }
 
 // NewSecretSync returns a SecretSync of namespace/name whose data keys are
 // written to the files given; onChange runs after every write.
-func NewSecretSync(client kubernetes.Interface, namespace, name string, files map[string]string, onChange func()) *SecretSync {
-	return &SecretSync{client: client, namespace: namespace, name: name, files: files, onChange: onChange}
+func NewSecretSync(client kubernetes.Interface, namespace, name string, files map[string]string, onChange func(), opts ...SecretSyncOption) *SecretSync {
+	s := &SecretSync{client: client, namespace: namespace, name: name, files: files, onChange: onChange}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Run watches the Secret until ctx is done.
@@ -54,6 +69,9 @@ func (s *SecretSync) Run(ctx context.Context) {
 			// cert-controller has not filled a new Secret yet.
 			log.V(1).Info("Secret not complete yet", "key", missing)
 			return
+		}
+		if s.onData != nil {
+			s.onData(secret.Data)
 		}
 		if err := s.write(secret); err != nil {
 			certReloadsTotal.WithLabelValues("error").Inc()

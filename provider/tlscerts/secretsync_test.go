@@ -93,3 +93,39 @@ func waitChanges(t *testing.T, changes *atomic.Int32, n int32) {
 		t.Fatalf("%d changes reported, want %d", got, n)
 	}
 }
+
+// TestSecretSyncWithData: WithData sees every key of each complete Secret,
+// those not mirrored to files too (the CA key), before onChange runs; only
+// the mirrored keys reach the disk.
+func TestSecretSyncWithData(t *testing.T) {
+	dir := t.TempDir()
+	crt := filepath.Join(dir, "tls.crt")
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "provider-cert", Namespace: "gk"},
+		Data: map[string][]byte{"tls.crt": []byte("crt-1"), "ca.key": []byte("ca-key-1")}}
+	cs := fake.NewClientset(secret)
+	var seen atomic.Value // the ca.key that WithData saw when onChange ran
+	var caKey atomic.Value
+	sync := tlscerts.NewSecretSync(cs, "gk", "provider-cert", map[string]string{"tls.crt": crt},
+		func() { seen.Store(caKey.Load()) },
+		tlscerts.WithData(func(data map[string][]byte) { caKey.Store(string(data["ca.key"])) }))
+	ctx, cancel := context.WithCancel(quiet())
+	done := make(chan struct{})
+	go func() { defer close(done); sync.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		return seen.Load() == "ca-key-1", nil
+	})
+	if err != nil {
+		t.Fatalf("onChange ran having seen ca.key %v, want %q", seen.Load(), "ca-key-1")
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if b, _ := os.ReadFile(filepath.Join(dir, e.Name())); bytes.Contains(b, []byte("ca-key")) {
+			t.Errorf("the CA key reached the disk in %s", e.Name())
+		}
+	}
+}

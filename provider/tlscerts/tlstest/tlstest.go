@@ -43,6 +43,27 @@ func NewCA(t testing.TB, cn string) *CA {
 	return &CA{ca}
 }
 
+// NewRSACA returns a CA named cn whose key and leaves' keys are RSA
+// 2048-bit, as cert-controller issues them, failing t on error.
+func NewRSACA(t testing.TB, cn string) *CA {
+	t.Helper()
+	ca, err := pki.NewRSACA(cn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &CA{ca}
+}
+
+// KeyPEM returns the CA's key, PEM-encoded, failing t on error.
+func (ca *CA) KeyPEM(t testing.TB) []byte {
+	t.Helper()
+	pem, err := ca.CA.KeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem
+}
+
 // Issue signs a leaf for cn: a server certificate for 127.0.0.1 if server,
 // else a client certificate.
 func (ca *CA) Issue(t testing.TB, cn string, server bool) *Leaf {
