@@ -15,3 +15,7 @@ func (r *Recorder) Waiting(namespace, name string) int {
 
 // MaxWritten is how many pods are kept for their next writer.
 const MaxWritten = maxWritten
+
+// UnknownWriteWait is how long after a write of unknown outcome the pod is
+// read back.
+const UnknownWriteWait = unknownWriteWait

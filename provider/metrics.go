@@ -23,7 +23,7 @@ var (
 	}, []string{"outcome"})
 	eventsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "exec_reaper_provider_events_total",
-		Help: "Events about entries, by result: created, duplicate (of an entry already announced), failed, folded (into one Event counting a pod's entries, the queue being full), dropped (the queue and the table of folded Events full).",
+		Help: "Events about entries, by result: created, duplicate (of an entry already announced), failed, folded (into one Event counting a pod's entries, the queue being full), dropped (the queue and the table of folded Events full), unknown (an entry whose record write timed out and which the record did not show afterwards: perhaps recorded without an Event).",
 	}, []string{"result"})
 )
 

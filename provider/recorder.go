@@ -313,6 +313,9 @@ func (r *Recorder) writeBatch(key types.NamespacedName, calls []*call, base *cor
 			}
 		}
 		if err != nil {
+			if mayHaveLanded(err) {
+				r.settleUnknown(ctx, key, b)
+			}
 			return failAll("writing record on", err)
 		}
 		if !carries(updated, b.labels, b.annotations) || !lacks(updated, b.absent) {
@@ -332,6 +335,97 @@ func (r *Recorder) writeBatch(key types.NamespacedName, calls []*call, base *cor
 		}
 		return updated
 	}
+}
+
+// unknownWriteWait is how long after a write whose outcome is unknown the
+// pod is read to learn it: the API server may finish a write after its
+// client gave up (kube-apiserver logs it as "Post-timeout activity", 0.2 s
+// after in the burst benchmark), and the read must come after that commit.
+const unknownWriteWait = 2 * time.Second
+
+// unknownWriteTimeout bounds that read.
+const unknownWriteTimeout = 10 * time.Second
+
+// mayHaveLanded reports whether a write that failed with err may have been
+// applied all the same: the request timed out or was cancelled, the
+// connection failed, or the API server answered 5xx. A 4xx answer is a
+// refusal.
+func mayHaveLanded(err error) bool {
+	var status apierrors.APIStatus
+	if errors.As(err, &status) {
+		code := status.Status().Code
+		return code == 0 || code >= 500
+	}
+	return true
+}
+
+// settleUnknown learns, in the background, whether batch b's write on the
+// pod key landed although it failed (mayHaveLanded): its callers have their
+// error already, but an entry recorded must not go without its Event. After
+// unknownWriteWait it reads the pod from etcd; the Event of each new entry
+// the record holds (the whole write, or the entry among the record's recent
+// ones when later writes followed) is announced as usual. An entry the
+// record does not show, or every one when the read fails, is counted as
+// exec_reaper_provider_events_total{result="unknown"} and logged: it may be
+// recorded without an Event (its record, and the pod's eviction, stand
+// either way).
+func (r *Recorder) settleUnknown(ctx context.Context, key types.NamespacedName, b batch) {
+	if len(b.notices) == 0 || r.events == nil {
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		<-r.clock.After(unknownWriteWait)
+		ctx, cancel := context.WithTimeout(ctx, unknownWriteTimeout)
+		defer cancel()
+		log := klog.FromContext(ctx).WithValues("pod", klog.KRef(key.Namespace, key.Name))
+		pod, err := r.client.CoreV1().Pods(key.Namespace).Get(ctx, key.Name, metav1.GetOptions{})
+		whole := err == nil && carries(pod, b.labels, b.annotations) && lacks(pod, b.absent)
+		var shown map[string]bool
+		if err == nil && !whole {
+			shown = recordedUIDs(pod)
+		}
+		var unknown []string
+		for _, n := range b.notices {
+			switch {
+			case whole || (!n.update && shown[n.eventUID]):
+				r.events.announce(n)
+			case n.update:
+				// A moved deadline: the entry's own Event exists already.
+			default:
+				unknown = append(unknown, n.eventUID)
+			}
+		}
+		if len(unknown) == 0 {
+			return
+		}
+		eventsTotal.WithLabelValues("unknown").Add(float64(len(unknown)))
+		if err != nil {
+			log.Error(err, "A record write timed out and the pod could not be read back: these entries may be recorded without an Event (the record and the eviction stand either way)", "requestUIDs", unknown)
+			return
+		}
+		log.Info("A record write timed out and the record does not show these entries now: most likely they were not recorded, or they fell out of the record's recent entries; if recorded, they have no Event", "requestUIDs", unknown)
+	}()
+}
+
+// recordedUIDs returns the request UIDs the pod's record and trial record
+// still name: their first, last and recent entries.
+func recordedUIDs(pod *corev1.Pod) map[string]bool {
+	uids := map[string]bool{}
+	if rec, err := record.Read(pod.Labels, pod.Annotations); err == nil || errors.Is(err, record.ErrUnknownAction) {
+		uids[rec.First.RequestUID], uids[rec.Last.RequestUID] = true, true
+		for _, m := range rec.Recent {
+			uids[m.RequestUID] = true
+		}
+	}
+	if t, err := record.ReadTrial(pod.Annotations); err == nil {
+		uids[t.Last.RequestUID] = true
+		for _, m := range t.Recent {
+			uids[m.RequestUID] = true
+		}
+	}
+	delete(uids, "")
+	return uids
 }
 
 // batchContext returns the context of a batch's API calls: it carries the

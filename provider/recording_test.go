@@ -18,7 +18,10 @@ import (
 
 	"github.com/go-logr/logr/funcr"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
@@ -522,5 +525,101 @@ func TestHandlerSlowAPIBoundsAnAdmission(t *testing.T) {
 	pr := call(t, quiet(), h, providerRequest(t, key))
 	if pr.Response.Items[0].Error == "" || api.requests.Load() != 2 {
 		t.Errorf("another admission: %+v after %d API requests, want its own attempt", pr.Response.Items, api.requests.Load())
+	}
+}
+
+// TestHandlerUnknownWriteOutcome: a record write that fails in a way that
+// may still have landed (a 504, as when the API server finishes the PATCH
+// after the provider gave up) fails the key, and the pod is read back later:
+// an entry the write did record gets its Event; one it did not is counted
+// as result="unknown". A refusal (4xx) reads nothing back. Before, the
+// burst benchmark found 76 of 4,668 entries recorded with no Event and not
+// counted anywhere.
+func TestHandlerUnknownWriteOutcome(t *testing.T) {
+	timeout := apierrors.NewTimeoutError("request did not complete within the allotted timeout", 0)
+	for _, tt := range []struct {
+		name        string
+		apply       bool  // the PATCH is applied before the error returns
+		thenChange  bool  // and another write changes the record after it
+		err         error // what the PATCH returns
+		wantEvents  int
+		wantUnknown float64
+		readsBack   bool
+	}{
+		{name: "landed", apply: true, err: timeout, wantEvents: 1, readsBack: true},
+		{name: "not landed", err: timeout, wantUnknown: 1, readsBack: true},
+		{name: "landed, then another write", apply: true, thenChange: true, err: timeout, wantEvents: 1, readsBack: true},
+		{name: "connection lost, landed", apply: true, err: errors.New("http2: client connection lost"), wantEvents: 1, readsBack: true},
+		{name: "refused", err: apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "web", errors.New("no")), readsBack: false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := newDirect(t, newPod(nil))
+			d.cs.PrependReactor("patch", "pods", func(a clienttesting.Action) (bool, runtime.Object, error) {
+				if tt.apply {
+					if _, _, err := clienttesting.ObjectReaction(d.cs.Tracker())(a); err != nil {
+						t.Errorf("applying the patch: %v", err)
+					}
+				}
+				if tt.thenChange {
+					// Another replica moves the deadline: the pod no longer
+					// carries this write, but its record still names the entry.
+					pod := getPod(t, d.cs)
+					rec, err := record.Read(pod.Labels, pod.Annotations)
+					if err != nil {
+						t.Fatal(err)
+					}
+					rec.Deadline = rec.Deadline.Add(-time.Minute)
+					for k, v := range rec.Annotations() {
+						pod.Annotations[k] = v
+					}
+					if err := d.cs.Tracker().Update(corev1.SchemeGroupVersion.WithResource("pods"), pod, pod.Namespace); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return true, nil, tt.err
+			})
+			unknownBefore := eventCount(t, "unknown")
+			key := keyFor(t, execBy("alice", "req-1", "1h"))
+			pr := d.keys(t, key)
+			if len(pr.Response.Items) != 1 || pr.Response.Items[0].Error == "" {
+				t.Fatalf("items %+v: want the key failed (its write's outcome unknown)", pr.Response.Items)
+			}
+			gets := countActions(d.cs, "get", "pods")
+			if !tt.readsBack {
+				if d.clock.HasWaiters() {
+					t.Errorf("a refused write waits to read the pod back")
+				}
+				if evs := d.events(t); len(evs) != 0 {
+					t.Errorf("events %+v for a refused write", evs)
+				}
+				return
+			}
+			// The pod is read back only after unknownWriteWait.
+			err := wait.PollUntilContextTimeout(context.Background(), time.Millisecond, pollTimeout, true, func(context.Context) (bool, error) {
+				return d.clock.HasWaiters(), nil
+			})
+			if err != nil {
+				t.Fatal("nothing waits to read the pod back")
+			}
+			if n := countActions(d.cs, "get", "pods"); n != gets {
+				t.Fatalf("the pod was read back before unknownWriteWait")
+			}
+			d.clock.Step(provider.UnknownWriteWait)
+			var evs []corev1.Event
+			err = wait.PollUntilContextTimeout(context.Background(), 5*time.Millisecond, pollTimeout, true, func(context.Context) (bool, error) {
+				evs = d.events(t)
+				return countActions(d.cs, "get", "pods") > gets && (len(evs) >= tt.wantEvents && eventCount(t, "unknown")-unknownBefore >= tt.wantUnknown), nil
+			})
+			if err != nil {
+				t.Fatalf("after the read back: %d events, %v unknown; want %d and %v", len(evs), eventCount(t, "unknown")-unknownBefore, tt.wantEvents, tt.wantUnknown)
+			}
+			evs = d.events(t)
+			if len(evs) != tt.wantEvents || eventCount(t, "unknown")-unknownBefore != tt.wantUnknown {
+				t.Errorf("%d events, %v unknown; want %d and %v", len(evs), eventCount(t, "unknown")-unknownBefore, tt.wantEvents, tt.wantUnknown)
+			}
+			if tt.wantEvents == 1 && evs[0].Name != wantEventName(getPod(t, d.cs), "req-1") {
+				t.Errorf("event %s, want the entry's own", evs[0].Name)
+			}
+		})
 	}
 }

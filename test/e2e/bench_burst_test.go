@@ -57,9 +57,9 @@ type burstEnv struct {
 	pods    []string
 	clients []kubernetes.Interface
 	seq     int // numbers execs across bursts, so each is a distinct entry
-	// dropped and failed are the providers' counts of Events about entries
-	// dropped and failed before the first burst.
-	dropped, failed float64
+	// dropped, failed and unknown are the providers' counts of Events about
+	// entries dropped, failed and of unknown fate before the first burst.
+	dropped, failed, unknown float64
 	// admin measures the floors: the admin without a client-side rate
 	// limit (c.Client() has one, which the bookkeeping between bursts
 	// drains).
@@ -131,7 +131,7 @@ func newBurstEnv(b *testing.B) (*burstEnv, error) {
 		}
 		e.pods = append(e.pods, name)
 	}
-	e.dropped, e.failed = eventLosses(b)
+	e.dropped, e.failed, e.unknown = eventLosses(b)
 	e.admin = unlimitedClient(b, "")
 	return e, nil
 }
@@ -573,8 +573,8 @@ var burstEventFigures map[string]float64
 // 100 pods back to back (nothing counted between them), then waits until the Events about entries in the
 // namespace account for every entry recorded there by any burst (these and
 // the ones before): each entry has an Event of its own, or is counted in a
-// folded one (its Count), or was counted by a provider as dropped or
-// failed (exec_reaper_provider_events_total). An entry that none of these
+// folded one (its Count), or was counted by a provider as dropped, failed
+// or unknown (exec_reaper_provider_events_total). An entry that none of these
 // accounts for was lost silently, and fails the benchmark; so does one
 // counted twice.
 func burstEvents(b *testing.B, e *burstEnv) map[string]float64 {
@@ -598,9 +598,9 @@ func burstEvents(b *testing.B, e *burstEnv) map[string]float64 {
 		if ev, err = tallyEvents(ctx); err != nil {
 			return false, nil
 		}
-		dropped, failed := eventLosses(b)
-		ev.dropped, ev.failed = dropped-e.dropped, failed-e.failed
-		lost = float64(entries) - float64(ev.counted) - ev.dropped - ev.failed
+		dropped, failed, unknown := eventLosses(b)
+		ev.dropped, ev.failed, ev.unknown = dropped-e.dropped, failed-e.failed, unknown-e.unknown
+		lost = float64(entries) - float64(ev.counted) - ev.dropped - ev.failed - ev.unknown
 		return lost <= 0, nil
 	})
 	written := time.Since(t0) - sustained
@@ -608,9 +608,9 @@ func burstEvents(b *testing.B, e *burstEnv) map[string]float64 {
 		b.Error(err)
 	}
 	fmt.Fprintf(os.Stderr, "burst %-29s %d rounds of %d: %d execs in %.1f s (%.1f execs/s), %d recorded, %d admitted-unrecorded; "+
-		"Events about the namespace's %d entries: %d written (%d of them folded, counting %d entries), %d entries counted, %.0f dropped, %.0f failed, %.0f unaccounted for; all written %.1f s after the last burst\n",
+		"Events about the namespace's %d entries: %d written (%d of them folded, counting %d entries), %d entries counted, %.0f dropped, %.0f failed, %.0f unknown, %.0f unaccounted for; all written %.1f s after the last burst\n",
 		"events-at-the-burst-rate", burstEventRounds, burstPods, all.execs, sustained.Seconds(), float64(all.execs)/sustained.Seconds(),
-		all.recorded, max(0, all.admitted-all.recorded), entries, ev.events, ev.folded, ev.inFolded, ev.counted, ev.dropped, ev.failed, max(0, lost), written.Seconds())
+		all.recorded, max(0, all.admitted-all.recorded), entries, ev.events, ev.folded, ev.inFolded, ev.counted, ev.dropped, ev.failed, ev.unknown, max(0, lost), written.Seconds())
 	if lost > 0 {
 		b.Errorf("%.0f of %d entries have no Event and were not counted as dropped or failed: lost silently", lost, entries)
 	}
@@ -621,16 +621,16 @@ func burstEvents(b *testing.B, e *burstEnv) map[string]float64 {
 		"execs/s": float64(all.execs) / sustained.Seconds(), "recorded": float64(all.recorded),
 		"admitted-unrecorded": float64(max(0, all.admitted-all.recorded)),
 		"entries":             float64(entries), "events": float64(ev.events), "folded-events": float64(ev.folded),
-		"entries-counted": float64(ev.counted), "dropped": ev.dropped, "failed": ev.failed, "unaccounted": max(0, lost),
+		"entries-counted": float64(ev.counted), "dropped": ev.dropped, "failed": ev.failed, "unknown": ev.unknown, "unaccounted": max(0, lost),
 		"written-after-s": written.Seconds(),
 	}
 }
 
 // eventTally is what the Events about entries in the burst namespace say.
 type eventTally struct {
-	events, folded    int // Events, and those of them that fold several entries
-	counted, inFolded int // entries they count, and those in folded ones
-	dropped, failed   float64
+	events, folded           int // Events, and those of them that fold several entries
+	counted, inFolded        int // entries they count, and those in folded ones
+	dropped, failed, unknown float64
 }
 
 // tallyEvents counts the Events about entries in the burst namespace.
@@ -669,12 +669,15 @@ func namespaceEntries(b *testing.B) int {
 }
 
 // eventLosses returns the providers' counts of Events about entries dropped
-// (their queue and table of folded Events full) and failed (the create
-// refused).
-func eventLosses(t testing.TB) (dropped, failed float64) {
+// (their queue and table of folded Events full), failed (the create
+// refused) and unknown (the entry's record write timed out and the record
+// did not show the entry afterwards).
+func eventLosses(t testing.TB) (dropped, failed, unknown float64) {
 	t.Helper()
-	return providerSum(t, "exec_reaper_provider_events_total", `result="dropped"`),
-		providerSum(t, "exec_reaper_provider_events_total", `result="failed"`)
+	count := func(result string) float64 {
+		return providerSum(t, "exec_reaper_provider_events_total", `result="`+result+`"`)
+	}
+	return count("dropped"), count("failed"), count("unknown")
 }
 
 // failClosedConnect moves CONNECT out of Gatekeeper's webhook into the second
