@@ -362,13 +362,15 @@ func mayHaveLanded(err error) bool {
 // settleUnknown learns, in the background, whether batch b's write on the
 // pod key landed although it failed (mayHaveLanded): its callers have their
 // error already, but an entry recorded must not go without its Event. After
-// unknownWriteWait it reads the pod from etcd; the Event of each new entry
-// the record holds (the whole write, or the entry among the record's recent
-// ones when later writes followed) is announced as usual. An entry the
-// record does not show, or every one when the read fails, is counted as
-// exec_reaper_provider_events_total{result="unknown"} and logged: it may be
-// recorded without an Event (its record, and the pod's eviction, stand
-// either way).
+// unknownWriteWait it reads the pod from etcd. If the pod carries all that
+// b wrote, the write landed and nothing has been written since, so no
+// one else has announced its entries: their Events are announced as usual.
+// Otherwise each new entry of b is counted as
+// exec_reaper_provider_events_total{result="unknown"} and logged: the write
+// did not land, or landed and was followed by another (whose entries this
+// replica or another may have announced with it: announcing them again
+// could count one entry twice in a folded Event). The record, and the pod's
+// eviction, stand either way.
 func (r *Recorder) settleUnknown(ctx context.Context, key types.NamespacedName, b batch) {
 	if len(b.notices) == 0 || r.events == nil {
 		return
@@ -378,21 +380,19 @@ func (r *Recorder) settleUnknown(ctx context.Context, key types.NamespacedName, 
 		<-r.clock.After(unknownWriteWait)
 		ctx, cancel := context.WithTimeout(ctx, unknownWriteTimeout)
 		defer cancel()
-		log := klog.FromContext(ctx).WithValues("pod", klog.KRef(key.Namespace, key.Name))
 		pod, err := r.client.CoreV1().Pods(key.Namespace).Get(ctx, key.Name, metav1.GetOptions{})
-		whole := err == nil && carries(pod, b.labels, b.annotations) && lacks(pod, b.absent)
-		var shown map[string]bool
-		if err == nil && !whole {
-			shown = recordedUIDs(pod)
+		// All of what the write set, not only what proves a record kept
+		// (b.annotations): a later write of other entries keeps the same
+		// deadline and binding.
+		if err == nil && carries(pod, b.setLabels, b.setAnnotations) && lacks(pod, b.absent) {
+			for _, n := range b.notices {
+				r.events.announce(n)
+			}
+			return
 		}
 		var unknown []string
 		for _, n := range b.notices {
-			switch {
-			case whole || (!n.update && shown[n.eventUID]):
-				r.events.announce(n)
-			case n.update:
-				// A moved deadline: the entry's own Event exists already.
-			default:
+			if !n.update { // a moved deadline's entry has its Event already
 				unknown = append(unknown, n.eventUID)
 			}
 		}
@@ -400,32 +400,13 @@ func (r *Recorder) settleUnknown(ctx context.Context, key types.NamespacedName, 
 			return
 		}
 		eventsTotal.WithLabelValues("unknown").Add(float64(len(unknown)))
+		log := klog.FromContext(ctx).WithValues("pod", klog.KRef(key.Namespace, key.Name), "requestUIDs", unknown)
 		if err != nil {
-			log.Error(err, "A record write timed out and the pod could not be read back: these entries may be recorded without an Event (the record and the eviction stand either way)", "requestUIDs", unknown)
+			log.Error(err, "A record write timed out and the pod could not be read back: these entries may be recorded without an Event (the record and the eviction stand either way)")
 			return
 		}
-		log.Info("A record write timed out and the record does not show these entries now: most likely they were not recorded, or they fell out of the record's recent entries; if recorded, they have no Event", "requestUIDs", unknown)
+		log.Info("A record write timed out and the pod does not carry it now: it did not land, or another write followed it; if these entries were recorded, they may have no Event (the record and the eviction stand either way)")
 	}()
-}
-
-// recordedUIDs returns the request UIDs the pod's record and trial record
-// still name: their first, last and recent entries.
-func recordedUIDs(pod *corev1.Pod) map[string]bool {
-	uids := map[string]bool{}
-	if rec, err := record.Read(pod.Labels, pod.Annotations); err == nil || errors.Is(err, record.ErrUnknownAction) {
-		uids[rec.First.RequestUID], uids[rec.Last.RequestUID] = true, true
-		for _, m := range rec.Recent {
-			uids[m.RequestUID] = true
-		}
-	}
-	if t, err := record.ReadTrial(pod.Annotations); err == nil {
-		uids[t.Last.RequestUID] = true
-		for _, m := range t.Recent {
-			uids[m.RequestUID] = true
-		}
-	}
-	delete(uids, "")
-	return uids
 }
 
 // batchContext returns the context of a batch's API calls: it carries the
@@ -462,6 +443,9 @@ type batch struct {
 	absent  []string
 	results []Result
 	notices []announcement
+	// setLabels and setAnnotations are everything the patch sets: a pod
+	// that carries all of it, and lacks absent, holds this very write.
+	setLabels, setAnnotations map[string]string
 }
 
 // fold folds every call's entry, in order, into the record on pod, each
@@ -548,6 +532,7 @@ func (r *Recorder) fold(ctx context.Context, pod *corev1.Pod, calls []*call) bat
 	}
 	b.absent = slices.Sorted(maps.Keys(removeLabels))
 	b.patch = metadataPatch(pod, setLabels, b.absent, setAnnotations)
+	b.setLabels, b.setAnnotations = setLabels, setAnnotations
 	b.labels, b.annotations = map[string]string{}, map[string]string{}
 	for k := range checkLabels {
 		b.labels[k] = sim.Labels[k]
