@@ -17,7 +17,7 @@ import (
 // most 10 idle connections to a provider and has no TLS session cache, so a
 // burst of 100 concurrent reviews opens about 90 new connections, and the
 // provider's half of each handshake signs once with that key. An ECDSA P-256
-// key makes each new connection about 0.8 ms of CPU cheaper on the machine of
+// key makes each new connection about 1 ms (0.8-1.3 ms) of CPU cheaper on the machine of
 // BENCHMARKS.md (BenchmarkHandshake), on the admission path of every burst.
 //
 // So when the provider holds the key of the CA that issued its certificate
