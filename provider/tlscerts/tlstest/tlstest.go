@@ -36,18 +36,19 @@ type Leaf struct {
 // NewCA returns a CA named cn, failing t on error.
 func NewCA(t testing.TB, cn string) *CA {
 	t.Helper()
-	ca, err := pki.NewCA(cn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &CA{ca}
+	return newCA(t, pki.NewCA, cn)
 }
 
 // NewRSACA returns a CA named cn whose key and leaves' keys are RSA
 // 2048-bit, as cert-controller issues them, failing t on error.
 func NewRSACA(t testing.TB, cn string) *CA {
 	t.Helper()
-	ca, err := pki.NewRSACA(cn)
+	return newCA(t, pki.NewRSACA, cn)
+}
+
+func newCA(t testing.TB, create func(cn string) (*pki.CA, error), cn string) *CA {
+	t.Helper()
+	ca, err := create(cn)
 	if err != nil {
 		t.Fatal(err)
 	}
