@@ -402,10 +402,10 @@ func (r *Recorder) settleUnknown(ctx context.Context, key types.NamespacedName, 
 		eventsTotal.WithLabelValues("unknown").Add(float64(len(unknown)))
 		log := klog.FromContext(ctx).WithValues("pod", klog.KRef(key.Namespace, key.Name), "requestUIDs", unknown)
 		if err != nil {
-			log.Error(err, "A record write timed out and the pod could not be read back: these entries may be recorded without an Event (the record and the eviction stand either way)")
+			log.Error(err, "A record write failed without a clear outcome (a timeout, a lost connection or a server error) and the pod could not be read back: these entries may be recorded without an Event (the record and the eviction stand either way)")
 			return
 		}
-		log.Info("A record write timed out and the pod does not carry it now: it did not land, or another write followed it; if these entries were recorded, they may have no Event (the record and the eviction stand either way)")
+		log.Info("A record write failed without a clear outcome (a timeout, a lost connection or a server error) and the pod does not carry it now: it did not land, or another write followed it; if these entries were recorded, they may have no Event (the record and the eviction stand either way)")
 	}()
 }
 

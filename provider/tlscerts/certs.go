@@ -42,6 +42,7 @@ type Certs struct {
 	issuer  *issuer              // the serving certificate's CA with its key, if known (SetIssuer)
 	twin    tls.Certificate      // the ECDSA twin last issued (see twin.go)
 	twinOf  []byte               // the DER of the certificate and CA twin was issued for
+	twinErr error                // why no twin was issued for them, if it failed
 
 	mu     sync.RWMutex
 	config *tls.Config       // per-connection configuration for the loaded files
@@ -115,10 +116,7 @@ func (c *Certs) Reload() (changed bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("loading client CA %s: %w", c.caFile, err)
 	}
-	serving, err := c.serving(cert)
-	if err != nil {
-		return false, err
-	}
+	serving := c.serving(cert)
 
 	// Retire the CAs that left the file; a CA back in the file is current
 	// again; a retired CA whose grace is over goes.
@@ -172,26 +170,24 @@ func (c *Certs) Reload() (changed bool, err error) {
 // serving returns the certificates to serve for cert, in order of
 // preference: its ECDSA twin first when one is issued (see twin.go), which
 // every TLS 1.3 client Gatekeeper runs can use; cert itself for any other.
-// Called under reload.
-func (c *Certs) serving(cert tls.Certificate) ([]tls.Certificate, error) {
+// A twin that cannot be issued costs only speed, never the new certificate:
+// cert alone is served, and the reload's log says why. Called under reload.
+func (c *Certs) serving(cert tls.Certificate) []tls.Certificate {
 	of := cert.Leaf.Raw
 	if c.issuer != nil {
 		of = append(append(of[:len(of):len(of)], 0), c.issuer.raw...)
 	}
 	if !bytes.Equal(of, c.twinOf) {
 		twin, ok, err := ecdsaTwin(cert, c.issuer)
-		if err != nil {
-			return nil, err
-		}
 		if !ok {
 			twin = tls.Certificate{}
 		}
-		c.twin, c.twinOf = twin, of
+		c.twin, c.twinOf, c.twinErr = twin, of, err
 	}
 	if c.twin.Leaf == nil {
-		return []tls.Certificate{cert}, nil
+		return []tls.Certificate{cert}
 	}
-	return []tls.Certificate{c.twin, cert}, nil
+	return []tls.Certificate{c.twin, cert}
 }
 
 // expired reports whether a retired CA's grace is over. Called under reload.
@@ -294,10 +290,14 @@ func (c *Certs) servedKey() string {
 	if c.twin.Leaf != nil {
 		return "ECDSA P-256 (a twin of the certificate as issued, by the same CA)"
 	}
-	if leaf := c.Serving(); leaf != nil {
-		return leaf.PublicKeyAlgorithm.String() + " (as issued)"
+	leaf := c.Serving()
+	switch {
+	case leaf == nil:
+		return ""
+	case c.twinErr != nil:
+		return leaf.PublicKeyAlgorithm.String() + " (as issued; no ECDSA twin: " + c.twinErr.Error() + ")"
 	}
-	return ""
+	return leaf.PublicKeyAlgorithm.String() + " (as issued)"
 }
 
 // Serving returns the serving certificate most clients are served (its ECDSA
