@@ -30,6 +30,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	flowcontrolv1 "k8s.io/api/flowcontrol/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -232,6 +233,7 @@ var defaultIDs = []string{
 	"ClusterRoleBinding//exec-reaper-uninstall",
 	"Deployment/gatekeeper-system/exec-reaper-deleter",
 	"Deployment/gatekeeper-system/exec-reaper-provider",
+	"FlowSchema//exec-reaper-provider",
 	"Job/gatekeeper-system/exec-reaper-uninstall",
 	"PodDisruptionBudget/gatekeeper-system/exec-reaper-deleter",
 	"PodDisruptionBudget/gatekeeper-system/exec-reaper-provider",
@@ -1538,5 +1540,42 @@ func TestDeleterQuarantineFlags(t *testing.T) {
 				t.Errorf("--quarantine-retention=%q given: %v, want %v with 24h", r, ok, tc.retention)
 			}
 		})
+	}
+}
+
+// TestProviderFlowSchema: the provider's own API requests (on the admission
+// path of every entry) get the priority level asked for, by a FlowSchema
+// that matches its ServiceAccount alone, wherever it is installed, ahead of
+// "service-accounts" (9000) and behind the control plane's own schemas
+// (up to 900); an empty level adds none.
+func TestProviderFlowSchema(t *testing.T) {
+	for _, ns := range []string{gkNS, "exec-reaper"} {
+		var fs flowcontrolv1.FlowSchema
+		get(t, render(t, ns), "FlowSchema", "", "exec-reaper-provider", &fs)
+		if fs.Spec.PriorityLevelConfiguration.Name != "workload-high" {
+			t.Errorf("%s: priority level %q, want workload-high", ns, fs.Spec.PriorityLevelConfiguration.Name)
+		}
+		if p := fs.Spec.MatchingPrecedence; p <= 900 || p >= 9000 {
+			t.Errorf("%s: matchingPrecedence %d, want between the control plane's schemas (900) and service-accounts (9000)", ns, p)
+		}
+		if len(fs.Spec.Rules) != 1 || len(fs.Spec.Rules[0].Subjects) != 1 {
+			t.Fatalf("%s: rules %+v, want one with one subject", ns, fs.Spec.Rules)
+		}
+		sub := fs.Spec.Rules[0].Subjects[0]
+		if sub.Kind != flowcontrolv1.SubjectKindServiceAccount || sub.ServiceAccount == nil ||
+			sub.ServiceAccount.Name != "exec-reaper-provider" || sub.ServiceAccount.Namespace != ns {
+			t.Errorf("%s: subject %+v, want the provider's ServiceAccount %s/exec-reaper-provider alone", ns, sub, ns)
+		}
+		if fs.Spec.DistinguisherMethod == nil || fs.Spec.DistinguisherMethod.Type != flowcontrolv1.FlowDistinguisherMethodByUserType {
+			t.Errorf("%s: distinguisher %+v, want ByUser", ns, fs.Spec.DistinguisherMethod)
+		}
+	}
+	var fs flowcontrolv1.FlowSchema
+	get(t, render(t, gkNS, "--set", "provider.apiPriorityLevel=system"), "FlowSchema", "", "exec-reaper-provider", &fs)
+	if fs.Spec.PriorityLevelConfiguration.Name != "system" {
+		t.Errorf("provider.apiPriorityLevel=system: priority level %q", fs.Spec.PriorityLevelConfiguration.Name)
+	}
+	if n := len(render(t, gkNS, "--set", "provider.apiPriorityLevel=").ofKind("FlowSchema")); n != 0 {
+		t.Errorf("provider.apiPriorityLevel empty: %d FlowSchemas, want none", n)
 	}
 }

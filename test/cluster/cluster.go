@@ -420,9 +420,9 @@ func (c *Cluster) startAPIServer(ctx context.Context, etcdURL string) error {
 		// Endpoints reject (loopback); nothing in the tests runs in a pod
 		// that could use it anyway.
 		"--endpoint-reconciler-type=none",
-		// Priority and fairness adds controllers and watches that a
-		// single-user test cluster does not need on a 2-core machine.
-		"--enable-priority-and-fairness=false",
+		// Priority and fairness stays on, as in every real cluster: the
+		// chart's FlowSchema for the provider must be matched
+		// (TestProviderPriorityLevel).
 		"--profiling=false",
 	}, nil)
 	if err != nil {
