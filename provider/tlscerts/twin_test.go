@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"testing"
 
+	"github.com/exec-reaper/exec-reaper/provider/tlscerts"
 	"github.com/exec-reaper/exec-reaper/provider/tlscerts/tlstest"
 )
 
@@ -174,5 +175,38 @@ func TestSetIssuerErrors(t *testing.T) {
 	}
 	if got := servedLeaf(t, e, servingCA); !got.Equal(e.server.Cert) {
 		t.Errorf("after refused CAs: not serving the certificate as issued")
+	}
+}
+
+// TestECDSATwinSameOnEveryReplica: two replicas given the same certificate
+// and CA serve the very same twin, byte for byte, as they would the
+// certificate itself; a reissued certificate gets another. Per-replica twins
+// (random keys) made "the provider serves a reissued certificate" true of
+// whichever other replica a dial reached, and the rotation test went on to
+// its second rotation while the first was still under way.
+func TestECDSATwinSameOnEveryReplica(t *testing.T) {
+	e, servingCA := rsaEnv(t)
+	replica := func() *tlscerts.Certs {
+		c := tlscerts.NewCerts(e.files.Cert, e.files.Key, e.files.CA)
+		if err := c.SetIssuer(servingCA.CertPEM, servingCA.KeyPEM(t)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a, b := replica(), replica()
+	if a.Serving().PublicKeyAlgorithm != x509.ECDSA || !a.Serving().Equal(b.Serving()) {
+		t.Fatalf("two replicas serve different twins (%v, serials %v and %v)", a.Serving().PublicKeyAlgorithm, a.Serving().SerialNumber, b.Serving().SerialNumber)
+	}
+	first := a.Serving()
+	e.server = servingCA.Issue(t, "exec-reaper-provider", true)
+	e.files.Write(t, e.server, e.ca)
+	if _, err := a.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Serving(); got.Equal(first) || got.PublicKeyAlgorithm != x509.ECDSA {
+		t.Errorf("a reissued certificate kept its old twin")
 	}
 }
