@@ -384,7 +384,7 @@ func (r *Recorder) settleUnknown(ctx context.Context, key types.NamespacedName, 
 		// All of what the write set, not only what proves a record kept
 		// (b.annotations): a later write of other entries keeps the same
 		// deadline and binding.
-		if err == nil && carries(pod, b.setLabels, b.setAnnotations) && lacks(pod, b.absent) {
+		if err == nil && carries(pod, b.labels, b.setAnnotations) && lacks(pod, b.absent) {
 			for _, n := range b.notices {
 				r.events.announce(n)
 			}
@@ -443,9 +443,11 @@ type batch struct {
 	absent  []string
 	results []Result
 	notices []announcement
-	// setLabels and setAnnotations are everything the patch sets: a pod
-	// that carries all of it, and lacks absent, holds this very write.
-	setLabels, setAnnotations map[string]string
+	// setAnnotations are all the annotations the patch sets (annotations
+	// holds only those that prove a record kept; labels holds every label
+	// set): a pod that carries labels and setAnnotations, and lacks absent,
+	// holds this very write.
+	setAnnotations map[string]string
 }
 
 // fold folds every call's entry, in order, into the record on pod, each
@@ -532,7 +534,7 @@ func (r *Recorder) fold(ctx context.Context, pod *corev1.Pod, calls []*call) bat
 	}
 	b.absent = slices.Sorted(maps.Keys(removeLabels))
 	b.patch = metadataPatch(pod, setLabels, b.absent, setAnnotations)
-	b.setLabels, b.setAnnotations = setLabels, setAnnotations
+	b.setAnnotations = setAnnotations
 	b.labels, b.annotations = map[string]string{}, map[string]string{}
 	for k := range checkLabels {
 		b.labels[k] = sim.Labels[k]

@@ -100,7 +100,7 @@ func (c *Certs) Reload() (changed bool, err error) {
 	now := c.clock.Now()
 	all := bytes.Join(raw[:], []byte{0})
 	if c.issuer != nil {
-		all = append(append(all, 0), c.issuer.raw...)
+		all = append(append(all, 0), c.issuer.cert.Raw...)
 	}
 	c.mu.RLock()
 	same := bytes.Equal(all, c.loaded)
@@ -175,7 +175,7 @@ func (c *Certs) Reload() (changed bool, err error) {
 func (c *Certs) serving(cert tls.Certificate) []tls.Certificate {
 	of := cert.Leaf.Raw
 	if c.issuer != nil {
-		of = append(append(of[:len(of):len(of)], 0), c.issuer.raw...)
+		of = append(append(of[:len(of):len(of)], 0), c.issuer.cert.Raw...)
 	}
 	if !bytes.Equal(of, c.twinOf) {
 		twin, ok, err := ecdsaTwin(cert, c.issuer)

@@ -37,7 +37,6 @@ import (
 type issuer struct {
 	cert *x509.Certificate
 	key  crypto.Signer
-	raw  []byte // cert's DER, to tell CAs apart
 }
 
 // SetIssuer gives Certs the CA that issues its serving certificate, as PEM
@@ -58,7 +57,7 @@ func (c *Certs) SetIssuer(certPEM, keyPEM []byte) error {
 		if !pair.Leaf.IsCA {
 			return errors.New("loading the serving certificate's CA: the certificate is not a CA")
 		}
-		iss = &issuer{cert: pair.Leaf, key: signer, raw: pair.Leaf.Raw}
+		iss = &issuer{cert: pair.Leaf, key: signer}
 	}
 	c.reload.Lock()
 	defer c.reload.Unlock()
