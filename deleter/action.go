@@ -27,7 +27,8 @@ const (
 	// deleter is not configured for; the pod is evicted instead.
 	ReasonQuarantineNotAllowed = "ExecReaperQuarantineNotAllowed"
 	// ReasonQuarantineNotPossible: quarantine would take a replica down (a
-	// StatefulSet's pod); the pod is evicted instead.
+	// StatefulSet's pod, or a DaemonSet's on host ports or the host's
+	// network); the pod is evicted instead.
 	ReasonQuarantineNotPossible = "ExecReaperQuarantineNotPossible"
 )
 

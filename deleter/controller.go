@@ -528,6 +528,14 @@ func (c *Controller) act(ctx context.Context, pod *metav1.PartialObjectMetadata,
 	t.Forced = v.Forced
 	action := c.actionFor(ctx, pod, t)
 	res, err := action.Act(ctx, t)
+	if np := (*quarantineNotPossibleError)(nil); errors.As(err, &np) {
+		if c.once(ReasonQuarantineNotPossible, t.UID) {
+			log.Info("Evicting instead of quarantining: the pod's replacement could not run beside it", "why", np.why)
+			c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonQuarantineNotPossible, "Evict",
+				"exec-reaper evicts this pod instead of quarantining it: %s, so quarantine would take the replica down until the retention ends", np.why)
+		}
+		res, err = c.evict.Act(ctx, t)
+	}
 	if res.Taken {
 		var again time.Time
 		if res.After > 0 {
@@ -561,30 +569,9 @@ func (c *Controller) act(ctx context.Context, pod *metav1.PartialObjectMetadata,
 // deleter's own action. A pod whose record asks for quarantine on a deleter
 // that does not allow it is still removed at its deadline, evicted: the
 // deadline is the promise, and an Event says what the configuration lacks.
+// (The Quarantiner itself refuses a pod whose replacement could not run
+// beside it, which act then evicts.)
 func (c *Controller) actionFor(ctx context.Context, pod *metav1.PartialObjectMetadata, t Target) Action {
-	a := c.askedAction(ctx, pod, t)
-	if _, quarantine := a.(*Quarantiner); quarantine && isStatefulSetPod(pod) {
-		// Its StatefulSet cannot start the replacement while the pod holds
-		// its name (and its volumes): quarantine would take the replica
-		// down for the whole retention.
-		if c.once(ReasonQuarantineNotPossible, t.UID) {
-			klog.FromContext(ctx).Info("Evicting a StatefulSet's pod instead of quarantining it: its replacement needs its name")
-			c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonQuarantineNotPossible, "Evict",
-				"exec-reaper evicts this pod instead of quarantining it: it belongs to a StatefulSet, which cannot start its replacement while the pod keeps its name and volumes, so quarantine would take the replica down until the retention ends")
-		}
-		return c.evict
-	}
-	return a
-}
-
-// isStatefulSetPod reports whether pod's controller is a StatefulSet.
-func isStatefulSetPod(pod metav1.Object) bool {
-	ref := metav1.GetControllerOfNoCopy(pod)
-	return ref != nil && groupKind(*ref) == "apps/StatefulSet"
-}
-
-// askedAction is actionFor before the StatefulSet exception.
-func (c *Controller) askedAction(ctx context.Context, pod *metav1.PartialObjectMetadata, t Target) Action {
 	asked, known := record.ActionOf(pod.Labels)
 	switch {
 	case c.opts.DryRun:

@@ -122,6 +122,9 @@ func (a *Quarantiner) Act(ctx context.Context, t Target) (Result, error) {
 	if q, done := quarantined(pod); done {
 		return a.retain(ctx, t, q)
 	}
+	if why := replacementBlocked(pod); why != "" {
+		return Result{}, &quarantineNotPossibleError{why: why}
+	}
 	now := a.Clock.Now()
 	q := Quarantine{At: now.UTC().Truncate(time.Second), Until: now.Add(a.Retention).UTC().Truncate(time.Second),
 		Deadline: t.Deadline.UTC(), Labels: map[string]string{}, NetworkPolicy: quarantinePolicyName(pod.Name)}
@@ -163,6 +166,51 @@ func (a *Quarantiner) Act(ctx context.Context, t Target) (Result, error) {
 		recordReason(t.Deadline), QuarantineLabel, pod.UID, QuarantineAnnotation, q.NetworkPolicy, q.Until.Format(time.RFC3339), forcedNote(t.Forced))
 	klog.FromContext(ctx).Info("Quarantined", "deadline", t.Deadline, "until", q.Until)
 	return Result{Taken: true, After: q.Until.Sub(now)}, nil
+}
+
+// quarantineNotPossibleError is a pod that quarantine would take out of
+// service until its retention ends, because its controller cannot run its
+// replacement beside it. The controller evicts such a pod instead.
+type quarantineNotPossibleError struct{ why string }
+
+func (e *quarantineNotPossibleError) Error() string {
+	return "quarantine would take the pod's replica down: " + e.why
+}
+
+// replacementBlocked says why pod's controller could not run a replacement
+// while the quarantined pod keeps running, or "" if it can:
+//   - a StatefulSet's replacement needs the pod's name (and its volumes);
+//   - a DaemonSet's replacement goes on the same node, where the pod holds
+//     its host ports (the scheduler will not place the replacement) or,
+//     on the host's network, every port it listens on (the replacement
+//     would fail to bind them).
+//
+// Ports of init containers count too: a sidecar's do, and for the others
+// evicting instead of quarantining is the safe mistake.
+func replacementBlocked(pod *corev1.Pod) string {
+	ref := metav1.GetControllerOfNoCopy(pod)
+	if ref == nil {
+		return ""
+	}
+	switch groupKind(*ref) {
+	case "apps/StatefulSet":
+		return "it belongs to a StatefulSet, which cannot start its replacement while the pod keeps its name and volumes"
+	case "apps/DaemonSet":
+		if pod.Spec.HostNetwork {
+			return "it belongs to a DaemonSet and uses the host's network, so its replacement on the same node could not listen on the ports the pod holds"
+		}
+		for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+			for _, c := range cs {
+				for _, p := range c.Ports {
+					if p.HostPort != 0 {
+						return fmt.Sprintf("it belongs to a DaemonSet and holds host port %d (container %s), so its replacement on the same node cannot be scheduled",
+							p.HostPort, c.Name)
+					}
+				}
+			}
+		}
+	}
+	return ""
 }
 
 // isolate creates the NetworkPolicy that denies all of pod's traffic once it

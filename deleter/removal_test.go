@@ -363,26 +363,76 @@ func TestRecordAsksForQuarantine(t *testing.T) {
 	}
 }
 
-// TestStatefulSetPodIsNotQuarantined: a StatefulSet cannot start a
-// replacement while its pod keeps the name, so quarantine would take the
-// replica down for the whole retention: the pod is evicted, with a Warning
-// saying why, whether its record or the deleter asks for quarantine.
-func TestStatefulSetPodIsNotQuarantined(t *testing.T) {
-	for _, opts := range []deleter.Options{{AllowQuarantine: true}, {Action: deleter.ActionQuarantine}} {
-		t.Run(opts.Action, func(t *testing.T) {
-			pod := recordedPod("db-0", "uid-db-0", epoch.Add(-time.Second))
-			pod.Labels[record.ActionLabel] = string(record.ActionQuarantine)
-			pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "StatefulSet", Name: "db", UID: "uid-db", Controller: ptr.To(true)}}
-			h := newHarness(t, opts, pod)
-			h.start()
-			eventually(t, "the StatefulSet's pod evicted", func() bool { return len(h.evictions("db-0")) == 1 })
-			evs := h.events.about("db-0", deleter.ReasonQuarantineNotPossible)
-			if len(evs) != 1 || !strings.Contains(evs[0].Note, "StatefulSet") {
-				t.Errorf("events = %+v, want one Warning saying why it was not quarantined", evs)
+// TestQuarantineThatWouldTakeTheReplicaDown: quarantine keeps the entered
+// pod running, so where its controller cannot run the replacement beside
+// it, quarantine would take the replica down for the whole retention. A
+// StatefulSet's replacement needs the pod's name; a DaemonSet's goes on the
+// same node, where the pod holds its host ports or the host's network.
+// Such a pod is evicted, with a Warning saying why, whether its record or
+// the deleter asks for quarantine; a DaemonSet's pod with neither is
+// quarantined.
+func TestQuarantineThatWouldTakeTheReplicaDown(t *testing.T) {
+	owned := func(kind string, spec func(*corev1.PodSpec)) func(*corev1.Pod) {
+		return func(p *corev1.Pod) {
+			p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: kind, Name: "owner", UID: "uid-owner", Controller: ptr.To(true)}}
+			if spec != nil {
+				spec(&p.Spec)
 			}
-			if evs := h.events.about("db-0", deleter.ReasonQuarantined); len(evs) != 0 {
-				t.Errorf("quarantined: %+v", evs)
-			}
-		})
+		}
+	}
+	for _, c := range []struct {
+		name string
+		pod  func(*corev1.Pod)
+		why  string // in the Warning; "" when the pod is quarantined
+	}{
+		{"statefulset", owned("StatefulSet", nil), "StatefulSet"},
+		{"daemonset-host-port", owned("DaemonSet", func(s *corev1.PodSpec) {
+			s.Containers = append(s.Containers, corev1.Container{Name: "metrics", Ports: []corev1.ContainerPort{{ContainerPort: 9100}, {ContainerPort: 9101, HostPort: 19101}}})
+		}), "host port 19101 (container metrics)"},
+		{"daemonset-sidecar-host-port", owned("DaemonSet", func(s *corev1.PodSpec) {
+			s.InitContainers = []corev1.Container{{Name: "proxy", RestartPolicy: ptr.To(corev1.ContainerRestartPolicyAlways), Ports: []corev1.ContainerPort{{ContainerPort: 53, HostPort: 53}}}}
+		}), "host port 53 (container proxy)"},
+		{"daemonset-host-network", owned("DaemonSet", func(s *corev1.PodSpec) { s.HostNetwork = true }), "host's network"},
+		{"daemonset-pod-network", owned("DaemonSet", func(s *corev1.PodSpec) {
+			s.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080}}
+		}), ""},
+		// Its replacement may go to another node.
+		{"replicaset-host-port", owned("ReplicaSet", func(s *corev1.PodSpec) {
+			s.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080, HostPort: 8080}}
+		}), ""},
+	} {
+		for _, opts := range []deleter.Options{{AllowQuarantine: true}, {Action: deleter.ActionQuarantine}} {
+			t.Run(c.name+"/"+opts.Action, func(t *testing.T) {
+				pod := recordedPod("entered", "uid-entered", epoch.Add(-time.Second))
+				pod.Labels[record.ActionLabel] = string(record.ActionQuarantine)
+				c.pod(pod)
+				h := newHarness(t, opts, pod)
+				h.start()
+				if c.why == "" {
+					eventually(t, "the pod quarantined", func() bool { return len(h.events.about("entered", deleter.ReasonQuarantined)) == 1 })
+					if opts.Action != deleter.ActionQuarantine {
+						h.drain() // its sentinel would be quarantined too
+					}
+					if got := h.evictions("entered"); len(got) != 0 {
+						t.Errorf("evictions = %v, want none (quarantined)", got)
+					}
+					if evs := h.events.about("entered", deleter.ReasonQuarantineNotPossible); len(evs) != 0 {
+						t.Errorf("events = %+v, want no %s", evs, deleter.ReasonQuarantineNotPossible)
+					}
+					return
+				}
+				eventually(t, "the pod evicted", func() bool { return len(h.evictions("entered")) == 1 })
+				evs := h.events.about("entered", deleter.ReasonQuarantineNotPossible)
+				if len(evs) != 1 || !strings.Contains(evs[0].Note, c.why) {
+					t.Errorf("events = %+v, want one Warning saying %q", evs, c.why)
+				}
+				if evs := h.events.about("entered", deleter.ReasonQuarantined); len(evs) != 0 {
+					t.Errorf("quarantined: %+v", evs)
+				}
+				if p, err := h.client.CoreV1().Pods(namespace).Get(context.Background(), "entered", metav1.GetOptions{}); err == nil && p.Labels[deleter.QuarantineLabel] != "" {
+					t.Errorf("pod relabelled for quarantine: %v", p.Labels)
+				}
+			})
+		}
 	}
 }

@@ -460,6 +460,48 @@ func TestRemovalQuarantine(t *testing.T) {
 	if rec.Action != record.ActionEvict {
 		t.Errorf("record asks for %q, want evict (no constraint asked for more; the deleter quarantines all the same)", rec.Action)
 	}
+
+	// A DaemonSet's replacement goes on the same node, which the scheduler
+	// refuses while the quarantined pod holds its host port: quarantine
+	// would take the node's agent down for the whole retention.
+	t.Run("DaemonSet pod on a host port is evicted instead", func(t *testing.T) {
+		ctx := context.Background()
+		labels := map[string]string{"app": "port-agent"}
+		spec := nodeSpec()
+		spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: webPort, HostPort: 18089}}
+		ds := &appsv1.DaemonSet{
+			ObjectMeta: metav1.ObjectMeta{Name: "port-agent", Namespace: ns},
+			Spec: appsv1.DaemonSetSpec{
+				Selector: &metav1.LabelSelector{MatchLabels: labels},
+				Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: spec},
+			},
+		}
+		if _, err := c.Client().AppsV1().DaemonSets(ns).Create(ctx, ds, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = c.Client().AppsV1().DaemonSets(ns).Delete(context.Background(), ds.Name, metav1.DeleteOptions{})
+		})
+		pod := &waitReadyPods(t, ns, labels, 1, nil)[0]
+		ended := watchTermination(t, pod)
+		kubectlOK(t, aliceKubeconfig, "exec", "-n", ns, pod.Name, "-c", "app", "--", "true")
+		rec := waitRecord(t, pod)
+		if _, ok := ended(time.Until(rec.Deadline) + evictionTimeout + nodeGracePeriod*time.Second); !ok {
+			t.Fatal("the DaemonSet's pod was not removed")
+		}
+		ev := waitEvents(t, pod, deleter.ReasonQuarantineNotPossible, 1)[0]
+		if !strings.Contains(ev.Message, "host port 18089") {
+			t.Errorf("%s event %q does not name the host port", deleter.ReasonQuarantineNotPossible, ev.Message)
+		}
+		waitEvents(t, pod, deleter.ReasonEvicted, 1)
+		if evs := events(t, pod, deleter.ReasonQuarantined); len(evs) != 0 {
+			t.Errorf("the DaemonSet's pod was quarantined: %+v", evs)
+		}
+		repl := waitReadyPods(t, ns, labels, 1, map[string]bool{string(pod.UID): true})[0]
+		if repl.Spec.NodeName != pod.Spec.NodeName {
+			t.Errorf("replacement on node %q, want %q", repl.Spec.NodeName, pod.Spec.NodeName)
+		}
+	})
 }
 
 // TestRemovalQuarantineAskedByConstraint: the deleters evict, and allow
