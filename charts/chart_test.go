@@ -634,11 +634,10 @@ func expectedRBAC(ns string, mode deleterMode, leaderElection bool) rbac {
 			rule("", "pods", nil, "get"),
 			rule("", "pods/status", nil, "patch"),
 			rule("", "events", nil, "create"),
-			rule("externaldata.gatekeeper.sh", "providers", nil, "list", "watch"),
-			rule("externaldata.gatekeeper.sh", "providers", []string{"exec-reaper"}, "update"),
+			rule("externaldata.gatekeeper.sh", "providers", []string{"exec-reaper"}, "list", "watch", "update"),
 		},
 		"Role/" + ns + "/exec-reaper-provider": {
-			rule("", "secrets", nil, "list", "watch"),
+			rule("", "secrets", []string{"exec-reaper-provider-cert"}, "list", "watch"),
 			rule("", "secrets", []string{"exec-reaper-provider-cert"}, "update"),
 		},
 		"ClusterRole//exec-reaper-deleter": deleter,
@@ -657,6 +656,9 @@ func expectedRBAC(ns string, mode deleterMode, leaderElection bool) rbac {
 		want["Role/"+gkNS+"/exec-reaper-provider-gatekeeper-ca"] = []rbacv1.PolicyRule{
 			rule("", "secrets", []string{"gatekeeper-webhook-server-cert"}, "list", "watch"),
 		}
+	} else {
+		// Gatekeeper's CA Secret, by name, beside the provider's own.
+		want["Role/"+ns+"/exec-reaper-provider"][0].ResourceNames = []string{"exec-reaper-provider-cert", "gatekeeper-webhook-server-cert"}
 	}
 	return want
 }

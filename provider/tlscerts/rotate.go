@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"strings"
 
@@ -35,17 +36,17 @@ type Rotation struct {
 // cert-controller also checks that certFile, written by the provider's
 // SecretSync, has arrived.
 func RunRotator(ctx context.Context, restCfg *rest.Config, r Rotation, certFile, keyFile, fieldOwner string) error {
-	mgr, err := manager.New(restCfg, manager.Options{
+	ns, name, err := SplitRef(r.Secret)
+	if err != nil {
+		return err
+	}
+	mgr, err := manager.New(narrowed(restCfg, ns, name, r.ProviderName), manager.Options{
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		LeaderElection:         false,
 	})
 	if err != nil {
 		return fmt.Errorf("creating certificate manager: %w", err)
-	}
-	ns, name, err := SplitRef(r.Secret)
-	if err != nil {
-		return err
 	}
 	err = rotator.AddRotator(mgr, &rotator.CertRotator{
 		SecretKey:      types.NamespacedName{Namespace: ns, Name: name},
@@ -67,6 +68,20 @@ func RunRotator(ctx context.Context, restCfg *rest.Config, r Rotation, certFile,
 		return fmt.Errorf("certificate rotator: %w", err)
 	}
 	return nil
+}
+
+// narrowed returns a copy of restCfg whose lists and watches of Secrets in
+// namespace and of Providers read only the Secret secret and the Provider
+// provider (see byName).
+func narrowed(restCfg *rest.Config, namespace, secret, provider string) *rest.Config {
+	cfg := rest.CopyConfig(restCfg)
+	names := map[string]string{
+		"/api/v1/namespaces/" + namespace + "/secrets": secret,
+		// The version cert-controller reads (rotator.ExternalDataProvider).
+		"/apis/externaldata.gatekeeper.sh/v1beta1/providers": provider,
+	}
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return &byName{next: rt, names: names} })
+	return cfg
 }
 
 // SplitRef splits a Secret's reference, "namespace/name".

@@ -21,9 +21,13 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/record"
@@ -241,4 +245,61 @@ func signedBy(cert *x509.Certificate, caPEM []byte) bool {
 	}
 	ca, err := x509.ParseCertificate(block.Bytes)
 	return err == nil && cert.CheckSignatureFrom(ca) == nil
+}
+
+// TestProviderReadsOnlyItsSecrets: the provider's ServiceAccount, with the
+// chart's RBAC, may list and watch only the Secrets and the Provider it
+// works on, by name, in Gatekeeper's namespace, where the chart installs
+// it: not Gatekeeper's keys beside them, nor any other Secret there.
+// TestCertificateRotation shows that cert-controller works within that
+// grant (its lists and watches are narrowed to the names, tlscerts/narrow.go).
+func TestProviderReadsOnlyItsSecrets(t *testing.T) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", inst.ProviderKubeconfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := kubernetes.NewForConfigOrDie(cfg)
+	dyn := dynamic.NewForConfigOrDie(cfg)
+	ctx := context.Background()
+	byName := func(name string) metav1.ListOptions {
+		return metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", name).String()}
+	}
+	for _, c := range []struct {
+		what    string
+		list    func() error
+		allowed bool
+	}{
+		{"every Secret of the namespace", func() error {
+			_, err := client.CoreV1().Secrets(install.Namespace).List(ctx, metav1.ListOptions{})
+			return err
+		}, false},
+		{"its own certificate's Secret, by name", func() error {
+			_, err := client.CoreV1().Secrets(install.Namespace).List(ctx, byName(inst.CertSecret))
+			return err
+		}, true},
+		{"Gatekeeper's CA Secret, by name", func() error {
+			_, err := client.CoreV1().Secrets(install.Namespace).List(ctx, byName("gatekeeper-webhook-server-cert"))
+			return err
+		}, true},
+		{"another Secret, by name", func() error {
+			_, err := client.CoreV1().Secrets(install.Namespace).List(ctx, byName("someone-elses"))
+			return err
+		}, false},
+		{"every Provider", func() error {
+			_, err := dyn.Resource(providerGVR).List(ctx, metav1.ListOptions{})
+			return err
+		}, false},
+		{"its Provider, by name", func() error {
+			_, err := dyn.Resource(providerGVR).List(ctx, byName(inst.ProviderName))
+			return err
+		}, true},
+	} {
+		err := c.list()
+		switch {
+		case c.allowed && err != nil:
+			t.Errorf("listing %s: %v, want it allowed", c.what, err)
+		case !c.allowed && !apierrors.IsForbidden(err):
+			t.Errorf("listing %s: %v, want Forbidden", c.what, err)
+		}
+	}
 }
