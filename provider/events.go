@@ -385,12 +385,16 @@ func eventName(pod *corev1.Pod, infix, seed string) string {
 	return name + infix + hex.EncodeToString(sum[:8])
 }
 
+// FoldedEventInfix is in the name of every Event that folds several entries
+// into one pod (and of no other ReasonEntered Event).
+const FoldedEventInfix = ".exec-reaper-folded."
+
 // buildFoldedEvent builds the Event that stands for f's entries: the Event
 // of the last of them, counting them all, named after the first (so a
 // replica that folds the same entries names it the same).
 func buildFoldedEvent(f *foldedEvent) *corev1.Event {
 	ev := buildEvent(f.last)
-	pod, seed, infix := f.first.pod, string(f.first.pod.UID)+"/folded/"+f.first.eventUID, ".exec-reaper-folded."
+	pod, seed, infix := f.first.pod, string(f.first.pod.UID)+"/folded/"+f.first.eventUID, FoldedEventInfix
 	if f.first.trial {
 		seed, infix = string(pod.UID)+"/trial-folded/"+f.first.eventUID, ".exec-reaper-trial-folded."
 	}

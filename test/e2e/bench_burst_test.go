@@ -644,7 +644,7 @@ func tallyEvents(ctx context.Context) (eventTally, error) {
 		n := int(max(ev.Count, 1))
 		t.events++
 		t.counted += n
-		if strings.Contains(ev.Name, ".exec-reaper-folded.") {
+		if strings.Contains(ev.Name, provider.FoldedEventInfix) {
 			t.folded++
 			t.inFolded += n
 		}
