@@ -255,10 +255,14 @@ func TestReadinessWaitsForCABundle(t *testing.T) {
 	t.Cleanup(func() {
 		_ = c.Dynamic().Resource(providerGVR).Delete(context.Background(), name, metav1.DeleteOptions{})
 	})
-	// The chart grants updates of its own Secret and Provider only; grant
-	// this Secret now and this Provider later.
+	// The chart grants reads and updates of its own Secret and Provider
+	// only, by name; grant this Secret and reads of this Provider now, and
+	// its updates later.
 	grantProvider(t, "Role", install.Namespace, name+"-secret", rbacv1.PolicyRule{
-		APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{name}, Verbs: []string{"update"},
+		APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{name}, Verbs: []string{"list", "watch", "update"},
+	})
+	grantProvider(t, "ClusterRole", "", name+"-provider-read", rbacv1.PolicyRule{
+		APIGroups: []string{"externaldata.gatekeeper.sh"}, Resources: []string{"providers"}, ResourceNames: []string{name}, Verbs: []string{"list", "watch"},
 	})
 
 	r, err := inst.StartProviderProcess(ctx, map[string]string{
