@@ -370,20 +370,20 @@ func TestDefaults(t *testing.T) {
 		c := d.Spec.Template.Spec.Containers[0]
 		a := args(t, c)
 		want := map[string]string{
-			"addr":             ":8443",
-			"probe-addr":       ":8081",
-			"tls-cert-file":    "/certs/tls.crt",
-			"tls-key-file":     "/certs/tls.key",
-			"client-ca-file":   "/client-ca/ca.crt",
-			"client-ca-secret": "gatekeeper-system/gatekeeper-webhook-server-cert",
-			"cert-secret":      "gatekeeper-system/exec-reaper-provider-cert",
-			"provider-name":    "exec-reaper",
-			"dns-name":         "exec-reaper-provider.gatekeeper-system.svc",
-			"record-timeout":   "1500ms",
-			"drain-delay":      "10s",
-			"shutdown-timeout": "4s",
-			"client-ca-grace":  "10m",
-			"v":                "0",
+			"addr":                            ":8443",
+			"probe-addr":                      ":8081",
+			"tls-cert-file":                   "/certs/tls.crt",
+			"tls-key-file":                    "/certs/tls.key",
+			"client-ca-file":                  "/client-ca/ca.crt",
+			"client-ca-webhook-configuration": "gatekeeper-validating-webhook-configuration",
+			"cert-secret":                     "gatekeeper-system/exec-reaper-provider-cert",
+			"provider-name":                   "exec-reaper",
+			"dns-name":                        "exec-reaper-provider.gatekeeper-system.svc",
+			"record-timeout":                  "1500ms",
+			"drain-delay":                     "10s",
+			"shutdown-timeout":                "4s",
+			"client-ca-grace":                 "10m",
+			"v":                               "0",
 		}
 		if !reflect.DeepEqual(a, want) {
 			t.Errorf("provider args:\n got %v\nwant %v", a, want)
@@ -609,7 +609,9 @@ type deleterMode struct {
 }
 
 // expectedRBAC is exactly what each binary calls, for an install in ns.
-func expectedRBAC(ns string, mode deleterMode, leaderElection bool) rbac {
+// Gatekeeper's CA comes from its webhook configuration, or with caSecret
+// from its Secret.
+func expectedRBAC(ns string, mode deleterMode, leaderElection, caSecret bool) rbac {
 	deleter := []rbacv1.PolicyRule{rule("", "pods", nil, "get", "list", "watch")}
 	if !mode.dryRun {
 		deleter = append(deleter, rule("", "pods/eviction", nil, "create"))
@@ -635,6 +637,7 @@ func expectedRBAC(ns string, mode deleterMode, leaderElection bool) rbac {
 			rule("", "pods/status", nil, "patch"),
 			rule("", "events", nil, "create"),
 			rule("externaldata.gatekeeper.sh", "providers", []string{"exec-reaper"}, "list", "watch", "update"),
+			rule("admissionregistration.k8s.io", "validatingwebhookconfigurations", []string{"gatekeeper-validating-webhook-configuration"}, "list", "watch"),
 		},
 		"Role/" + ns + "/exec-reaper-provider": {
 			rule("", "secrets", []string{"exec-reaper-provider-cert"}, "list", "watch"),
@@ -652,13 +655,20 @@ func expectedRBAC(ns string, mode deleterMode, leaderElection bool) rbac {
 			rule("coordination.k8s.io", "leases", []string{"exec-reaper-deleter"}, "get", "update"),
 		}
 	}
-	if ns != gkNS {
+	switch {
+	case !caSecret:
+	case ns != gkNS:
 		want["Role/"+gkNS+"/exec-reaper-provider-gatekeeper-ca"] = []rbacv1.PolicyRule{
 			rule("", "secrets", []string{"gatekeeper-webhook-server-cert"}, "list", "watch"),
 		}
-	} else {
-		// Gatekeeper's CA Secret, by name, beside the provider's own.
-		want["Role/"+ns+"/exec-reaper-provider"][0].ResourceNames = []string{"exec-reaper-provider-cert", "gatekeeper-webhook-server-cert"}
+		fallthrough
+	default:
+		p := want["ClusterRole//exec-reaper-provider"]
+		want["ClusterRole//exec-reaper-provider"] = p[:len(p)-1] // no webhook configuration
+		if ns == gkNS {
+			// Gatekeeper's CA Secret, by name, beside the provider's own.
+			want["Role/"+ns+"/exec-reaper-provider"][0].ResourceNames = []string{"exec-reaper-provider-cert", "gatekeeper-webhook-server-cert"}
+		}
 	}
 	return want
 }
@@ -732,6 +742,8 @@ func TestRBAC(t *testing.T) {
 		args   []string
 		mode   deleterMode
 		leader bool
+		// caSecret: Gatekeeper's CA read from its Secret.
+		caSecret bool
 	}{
 		{name: "gatekeeper namespace", ns: gkNS, leader: true},
 		{name: "other namespace", ns: "exec-reaper", leader: true},
@@ -744,9 +756,11 @@ func TestRBAC(t *testing.T) {
 		{name: "no pacing: no owner reads", ns: gkNS, args: []string{"--set", "deleter.pacing.budget=-1"}, mode: deleterMode{noPacing: true}, leader: true},
 		{name: "no leader election: no Lease", ns: gkNS, args: []string{"--set", "deleter.replicas=1", "--set", "deleter.leaderElection.enabled=false"}},
 		{name: "with policies", ns: gkNS, args: []string{"--set", "policies.install=true"}, leader: true},
+		{name: "Gatekeeper's CA from its Secret: that Secret, by name", ns: gkNS, args: []string{"--set", "gatekeeper.webhookConfiguration="}, leader: true, caSecret: true},
+		{name: "other namespace, Gatekeeper's CA from its Secret: a Role there", ns: "exec-reaper", args: []string{"--set", "gatekeeper.webhookConfiguration="}, leader: true, caSecret: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkRBAC(t, render(t, tc.ns, tc.args...), tc.ns, expectedRBAC(tc.ns, tc.mode, tc.leader))
+			checkRBAC(t, render(t, tc.ns, tc.args...), tc.ns, expectedRBAC(tc.ns, tc.mode, tc.leader, tc.caSecret))
 		})
 	}
 }
@@ -758,22 +772,34 @@ func TestOtherNamespace(t *testing.T) {
 	for _, id := range defaultIDs {
 		want = append(want, strings.Replace(id, "/"+gkNS+"/", "/"+ns+"/", 1))
 	}
-	want = append(want, "Role/gatekeeper-system/exec-reaper-provider-gatekeeper-ca", "RoleBinding/gatekeeper-system/exec-reaper-provider-gatekeeper-ca")
 	sort.Strings(want)
 	if got := o.ids(); !slices.Equal(got, want) {
 		t.Fatalf("rendered objects:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 	}
 	checkProviderWiring(t, o, ns, "exec-reaper-provider", "exec-reaper")
 	a := args(t, deployment(t, o, ns, "exec-reaper-provider").Spec.Template.Spec.Containers[0])
-	if a["client-ca-secret"] != "gatekeeper-system/gatekeeper-webhook-server-cert" || a["cert-secret"] != ns+"/exec-reaper-provider-cert" {
-		t.Errorf("secrets: --client-ca-secret=%s --cert-secret=%s", a["client-ca-secret"], a["cert-secret"])
+	if a["client-ca-webhook-configuration"] != "gatekeeper-validating-webhook-configuration" || a["client-ca-secret"] != "" || a["cert-secret"] != ns+"/exec-reaper-provider-cert" {
+		t.Errorf("--client-ca-webhook-configuration=%s --client-ca-secret=%s --cert-secret=%s", a["client-ca-webhook-configuration"], a["client-ca-secret"], a["cert-secret"])
 	}
 	if l := args(t, deployment(t, o, ns, "exec-reaper-deleter").Spec.Template.Spec.Containers[0])["lease-namespace"]; l != ns {
 		t.Errorf("--lease-namespace=%s, want %s", l, ns)
 	}
 
+	// Gatekeeper's CA from its Secret: a Role in Gatekeeper's namespace for
+	// that Secret alone.
+	o = render(t, ns, "--set", "gatekeeper.webhookConfiguration=")
+	want = append(want, "Role/gatekeeper-system/exec-reaper-provider-gatekeeper-ca", "RoleBinding/gatekeeper-system/exec-reaper-provider-gatekeeper-ca")
+	sort.Strings(want)
+	if got := o.ids(); !slices.Equal(got, want) {
+		t.Fatalf("rendered objects:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+	a = args(t, deployment(t, o, ns, "exec-reaper-provider").Spec.Template.Spec.Containers[0])
+	if a["client-ca-secret"] != "gatekeeper-system/gatekeeper-webhook-server-cert" || a["client-ca-webhook-configuration"] != "" {
+		t.Errorf("--client-ca-secret=%s --client-ca-webhook-configuration=%s", a["client-ca-secret"], a["client-ca-webhook-configuration"])
+	}
+
 	// Gatekeeper itself elsewhere, and exec-reaper beside it: no extra Role.
-	o = render(t, "opa", "--set", "gatekeeper.namespace=opa", "--set", "gatekeeper.caSecret=opa-cert")
+	o = render(t, "opa", "--set", "gatekeeper.namespace=opa", "--set", "gatekeeper.webhookConfiguration=", "--set", "gatekeeper.caSecret=opa-cert")
 	if n := len(o.ofKind("Role")); n != 2 {
 		t.Errorf("%d Roles with exec-reaper in Gatekeeper's namespace, want 2: %v", n, o.ids())
 	}

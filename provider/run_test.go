@@ -271,3 +271,19 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		t.Fatalf("waiting for %s: %v", what, err)
 	}
 }
+
+// TestConfigValidateCASources: Gatekeeper's CA comes from one place; both
+// set is a configuration error that names the two flags.
+func TestConfigValidateCASources(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.ClientCAWebhookConfiguration = "gatekeeper-validating-webhook-configuration"
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("the webhook configuration alone: %v", err)
+	}
+	cfg.ClientCASecret = "gatekeeper-system/gatekeeper-webhook-server-cert"
+	err := cfg.Validate()
+	if err == nil || !strings.Contains(err.Error(), "configuration error") ||
+		!strings.Contains(err.Error(), "--client-ca-secret") || !strings.Contains(err.Error(), "--client-ca-webhook-configuration") {
+		t.Errorf("both sources: %v, want a configuration error naming both flags", err)
+	}
+}

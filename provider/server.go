@@ -79,6 +79,12 @@ type Config struct {
 	// Gatekeeper's CA under ca.crt (Gatekeeper's gatekeeper-webhook-server-cert);
 	// it is mirrored to ClientCAFile on every change.
 	ClientCASecret string
+	// ClientCAWebhookConfiguration, when set, is the ValidatingWebhookConfiguration
+	// (Gatekeeper's gatekeeper-validating-webhook-configuration) whose
+	// webhooks' caBundle holds Gatekeeper's CA; it is mirrored to
+	// ClientCAFile on every change. It holds no key, unlike the Secret: set
+	// this or ClientCASecret, not both.
+	ClientCAWebhookConfiguration string
 	// Rotation, when set, has cert-controller issue and rotate the serving
 	// certificate; it is mirrored to CertFile and KeyFile on every change.
 	Rotation *tlscerts.Rotation
@@ -150,6 +156,9 @@ func (c *Config) Validate() error {
 	if c.ShutdownTimeout <= c.RecordTimeout {
 		return fmt.Errorf("the shutdown timeout (%s) must exceed the record timeout (%s), or a drain cuts off requests it should finish",
 			c.ShutdownTimeout, c.RecordTimeout)
+	}
+	if c.ClientCASecret != "" && c.ClientCAWebhookConfiguration != "" {
+		return errors.New("configuration error: Gatekeeper's CA is read from a Secret or from a webhook configuration, not both; set one of --client-ca-secret and --client-ca-webhook-configuration (chart: gatekeeper.webhookConfiguration takes precedence)")
 	}
 	if c.ClientCASecret != "" {
 		if _, _, err := tlscerts.SplitRef(c.ClientCASecret); err != nil {
@@ -277,6 +286,10 @@ func run(ctx context.Context, cfg Config, d deps, reg *prometheus.Registry) erro
 	if cfg.ClientCASecret != "" {
 		ns, name, _ := tlscerts.SplitRef(cfg.ClientCASecret)
 		sync := tlscerts.NewSecretSync(d.client, ns, name, map[string]string{"ca.crt": cfg.ClientCAFile}, reload)
+		part("Gatekeeper's CA", func(ctx context.Context) error { sync.Run(ctx); return nil })
+	}
+	if name := cfg.ClientCAWebhookConfiguration; name != "" {
+		sync := tlscerts.NewWebhookCASync(d.client, name, cfg.ClientCAFile, reload)
 		part("Gatekeeper's CA", func(ctx context.Context) error { sync.Run(ctx); return nil })
 	}
 	if r := cfg.Rotation; r != nil {

@@ -55,10 +55,7 @@ func NewSecretSync(client kubernetes.Interface, namespace, name string, files ma
 func (s *SecretSync) Run(ctx context.Context) {
 	log := klog.FromContext(ctx).WithValues("secret", klog.KRef(s.namespace, s.name))
 	factory := informers.NewSharedInformerFactoryWithOptions(s.client, 0,
-		informers.WithNamespace(s.namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", s.name).String()
-		}))
+		informers.WithNamespace(s.namespace), byNameOption(s.name))
 	inf := factory.Core().V1().Secrets().Informer()
 	write := func(obj any) {
 		secret, ok := obj.(*corev1.Secret)
@@ -80,9 +77,23 @@ func (s *SecretSync) Run(ctx context.Context) {
 		}
 		s.onChange()
 	}
+	runInformer(ctx, factory, inf, write)
+}
+
+// byNameOption narrows an informer factory's lists and watches to the
+// object called name, so RBAC can grant them by resourceNames.
+func byNameOption(name string) informers.SharedInformerOption {
+	return informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
+	})
+}
+
+// runInformer has handle see every version of inf's objects, added or
+// updated, until ctx is done.
+func runInformer(ctx context.Context, factory informers.SharedInformerFactory, inf cache.SharedIndexInformer, handle func(obj any)) {
 	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    write,
-		UpdateFunc: func(_, obj any) { write(obj) },
+		AddFunc:    handle,
+		UpdateFunc: func(_, obj any) { handle(obj) },
 	})
 	factory.Start(ctx.Done())
 	factory.WaitForCacheSync(ctx.Done())

@@ -25,10 +25,15 @@ import (
 
 // TestGatekeeperCARotation: Gatekeeper's CA is replaced, as its
 // cert-controller does when the CA is renewed or its Secret recreated, during
-// a steady stream of execs under the strict constraint.
+// a steady stream of execs under the strict constraint. The provider reads
+// Gatekeeper's CA from the caBundle of Gatekeeper's webhook configuration
+// (the chart's default), where cert-controller injects it.
 //
-//  1. The Secret gatekeeper-webhook-server-cert gets a new CA and
-//     certificate; the provider, watching it, loads the new CA within
+//  1. The webhook configuration's caBundle gets the new CA beside the old
+//     (the API server must trust Gatekeeper's webhook under either while
+//     its pods change certificate), and the Secret
+//     gatekeeper-webhook-server-cert a new CA and certificate. The
+//     provider, watching the webhook configuration, trusts both CAs within
 //     milliseconds, while the running Gatekeeper still presents its old
 //     client certificate (in a cluster its mounted copy of the Secret lags
 //     by a minute or two). Gatekeeper is made to open new connections (a
@@ -38,6 +43,9 @@ import (
 //     watcher (controller-runtime's, which Gatekeeper v3.23 uses for its
 //     external-data client certificate too) reloads it without a restart.
 //     New connections present the new certificate.
+//  3. The caBundle keeps the new CA alone, as cert-controller's injection
+//     leaves it: the provider retires the old one, and Gatekeeper's new
+//     connections are still accepted.
 //
 // Not one exec may be denied and every one must be recorded.
 func TestGatekeeperCARotation(t *testing.T) {
@@ -60,25 +68,13 @@ func TestGatekeeperCARotation(t *testing.T) {
 	}
 	cert2 := parseCert(t, pair2.CertPEM)
 
-	// The API server must trust Gatekeeper's webhook under either CA (in a
-	// cluster Gatekeeper's cert-controller injects the new one): what is
-	// tested here is the provider, not the webhook.
-	vwcs := c.Client().AdmissionregistrationV1().ValidatingWebhookConfigurations()
-	vwc, err := vwcs.Get(ctx, cluster.GatekeeperWebhookConfiguration, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for n := range vwc.Webhooks {
-		vwc.Webhooks[n].ClientConfig.CABundle = append(append([]byte{}, oldCA...), ca2.CertPEM...)
-	}
-	if _, err := vwcs.Update(ctx, vwc, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-
 	stream := startExecs(t, pods...)
 	stream.waitMore(t, 2)
 
-	// 1. New CA in the Secret; Gatekeeper still presents the old certificate.
+	// 1. The new CA beside the old in the caBundle, and in the Secret;
+	// Gatekeeper still presents the old certificate.
+	setGatekeeperCABundle(t, append(append([]byte{}, oldCA...), ca2.CertPEM...))
+	waitClientCAs(t, 2, 0)
 	secrets := c.Client().CoreV1().Secrets(install.Namespace)
 	s, err := secrets.Get(ctx, "gatekeeper-webhook-server-cert", metav1.GetOptions{})
 	if err != nil {
@@ -88,15 +84,6 @@ func TestGatekeeperCARotation(t *testing.T) {
 	if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	poll(t, "every provider replica to have loaded the new CA, the old one retired", rotationTimeout, func(ctx context.Context) (bool, error) {
-		for _, r := range inst.Providers {
-			text, err := getMetrics(ctx, r.MetricsURL())
-			if err != nil || metric(text, "exec_reaper_provider_client_cas", `state="retired"`) != 1 {
-				return false, nil
-			}
-		}
-		return true, nil
-	})
 	redialGatekeeper(t)
 	stream.waitMore(t, 2)
 	t.Logf("after the CA change, Gatekeeper presenting the old certificate: %d execs admitted", stream.Admitted())
@@ -121,8 +108,48 @@ func TestGatekeeperCARotation(t *testing.T) {
 	redialGatekeeper(t)
 	stream.waitMore(t, 2)
 
+	// 3. The new CA alone in the caBundle: the old one retired.
+	setGatekeeperCABundle(t, ca2.CertPEM)
+	waitClientCAs(t, 1, 1)
+	redialGatekeeper(t)
+	stream.waitMore(t, 2)
+
 	n := stream.finish(t, "Gatekeeper CA rotation")
 	t.Logf("%d execs admitted across Gatekeeper's CA rotation; %d denied", n, len(stream.denied))
+}
+
+// setGatekeeperCABundle sets the caBundle of every webhook of Gatekeeper's
+// webhook configuration, as Gatekeeper's cert-controller injects its CA.
+func setGatekeeperCABundle(t *testing.T, bundle []byte) {
+	t.Helper()
+	ctx := context.Background()
+	vwcs := c.Client().AdmissionregistrationV1().ValidatingWebhookConfigurations()
+	vwc, err := vwcs.Get(ctx, cluster.GatekeeperWebhookConfiguration, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := range vwc.Webhooks {
+		vwc.Webhooks[n].ClientConfig.CABundle = bundle
+	}
+	if _, err := vwcs.Update(ctx, vwc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitClientCAs waits until every provider replica trusts current CAs from
+// Gatekeeper's caBundle and retired ones still within their grace.
+func waitClientCAs(t *testing.T, current, retired float64) {
+	t.Helper()
+	poll(t, fmt.Sprintf("every provider replica to trust %v current and %v retired Gatekeeper CAs", current, retired), rotationTimeout, func(ctx context.Context) (bool, error) {
+		for _, r := range inst.Providers {
+			text, err := getMetrics(ctx, r.MetricsURL())
+			if err != nil || metric(text, "exec_reaper_provider_client_cas", `state="current"`) != current ||
+				metric(text, "exec_reaper_provider_client_cas", `state="retired"`) != retired {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
 }
 
 // redialGatekeeper makes Gatekeeper drop its connections to the provider and

@@ -31,6 +31,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/record"
+	"github.com/exec-reaper/exec-reaper/test/cluster"
 	"github.com/exec-reaper/exec-reaper/test/install"
 )
 
@@ -248,9 +249,10 @@ func signedBy(cert *x509.Certificate, caPEM []byte) bool {
 }
 
 // TestProviderReadsOnlyItsSecrets: the provider's ServiceAccount, with the
-// chart's RBAC, may list and watch only the Secrets and the Provider it
-// works on, by name, in Gatekeeper's namespace, where the chart installs
-// it: not Gatekeeper's keys beside them, nor any other Secret there.
+// chart's RBAC, may list and watch only its own Secret, its Provider and
+// Gatekeeper's webhook configuration (whose caBundle is Gatekeeper's CA),
+// by name, in Gatekeeper's namespace, where the chart installs it: no
+// Secret of Gatekeeper's (its keys), nor any other Secret there.
 // TestCertificateRotation shows that cert-controller works within that
 // grant (its lists and watches are narrowed to the names, tlscerts/narrow.go).
 func TestProviderReadsOnlyItsSecrets(t *testing.T) {
@@ -280,7 +282,15 @@ func TestProviderReadsOnlyItsSecrets(t *testing.T) {
 		{"Gatekeeper's CA Secret, by name", func() error {
 			_, err := client.CoreV1().Secrets(install.Namespace).List(ctx, byName("gatekeeper-webhook-server-cert"))
 			return err
+		}, false},
+		{"Gatekeeper's webhook configuration, by name", func() error {
+			_, err := client.AdmissionregistrationV1().ValidatingWebhookConfigurations().List(ctx, byName(cluster.GatekeeperWebhookConfiguration))
+			return err
 		}, true},
+		{"every webhook configuration", func() error {
+			_, err := client.AdmissionregistrationV1().ValidatingWebhookConfigurations().List(ctx, metav1.ListOptions{})
+			return err
+		}, false},
 		{"another Secret, by name", func() error {
 			_, err := client.CoreV1().Secrets(install.Namespace).List(ctx, byName("someone-elses"))
 			return err
