@@ -302,36 +302,45 @@ func TestRemovalPerKind(t *testing.T) {
 	})
 
 	t.Run("DaemonSet pod is evicted and recreated on the same node", func(t *testing.T) {
-		labels := map[string]string{"app": "agent"}
-		ds := &appsv1.DaemonSet{
-			ObjectMeta: metav1.ObjectMeta{Name: "agent", Namespace: ns},
-			Spec: appsv1.DaemonSetSpec{
-				Selector: &metav1.LabelSelector{MatchLabels: labels},
-				Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: nodeSpec()},
-			},
-		}
-		if _, err := c.Client().AppsV1().DaemonSets(ns).Create(ctx, ds, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		pod := &waitReadyPods(t, ns, labels, 1, nil)[0]
-		ended := watchTermination(t, pod)
-		kubectlOK(t, aliceKubeconfig, "exec", "-n", ns, pod.Name, "-c", "app", "--", "true")
-		rec := waitRecord(t, pod)
-		if _, ok := ended(time.Until(rec.Deadline) + evictionTimeout + nodeGracePeriod*time.Second); !ok {
-			t.Fatal("DaemonSet pod not evicted")
-		}
+		pod := enterDaemonSet(t, ns, "agent", nodeSpec())
 		ev := waitEvents(t, pod, deleter.ReasonEvicted, 1)[0]
 		if !strings.Contains(ev.Message, "same node") {
 			t.Errorf("Evicted event %q does not say the DaemonSet recreates it on the same node", ev.Message)
 		}
-		repl := waitReadyPods(t, ns, labels, 1, map[string]bool{string(pod.UID): true})[0]
-		if repl.Spec.NodeName != pod.Spec.NodeName {
-			t.Errorf("replacement on node %q, want %q", repl.Spec.NodeName, pod.Spec.NodeName)
-		}
-		if err := c.Client().AppsV1().DaemonSets(ns).Delete(ctx, "agent", metav1.DeleteOptions{}); err != nil {
-			t.Error(err)
-		}
 	})
+}
+
+// enterDaemonSet creates the DaemonSet name in ns running spec (deleted when
+// the test ends), enters its pod on the node and waits until the deleters
+// have removed it, and until the replacement the DaemonSet starts, which
+// must be on the same node, is Ready. It returns the entered pod.
+func enterDaemonSet(t *testing.T, ns, name string, spec corev1.PodSpec) *corev1.Pod {
+	t.Helper()
+	labels := map[string]string{"app": name}
+	ds := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: spec},
+		},
+	}
+	dss := c.Client().AppsV1().DaemonSets(ns)
+	if _, err := dss.Create(context.Background(), ds, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dss.Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	pod := &waitReadyPods(t, ns, labels, 1, nil)[0]
+	ended := watchTermination(t, pod)
+	kubectlOK(t, aliceKubeconfig, "exec", "-n", ns, pod.Name, "-c", "app", "--", "true")
+	rec := waitRecord(t, pod)
+	if _, ok := ended(time.Until(rec.Deadline) + evictionTimeout + nodeGracePeriod*time.Second); !ok {
+		t.Fatalf("DaemonSet %s's pod was not removed", name)
+	}
+	repl := waitReadyPods(t, ns, labels, 1, map[string]bool{string(pod.UID): true})[0]
+	if repl.Spec.NodeName != pod.Spec.NodeName {
+		t.Errorf("replacement on node %q, want %q", repl.Spec.NodeName, pod.Spec.NodeName)
+	}
+	return pod
 }
 
 // TestRemovalMirrorPodIsSkipped: a static pod's mirror is not evicted
@@ -461,34 +470,13 @@ func TestRemovalQuarantine(t *testing.T) {
 		t.Errorf("record asks for %q, want evict (no constraint asked for more; the deleter quarantines all the same)", rec.Action)
 	}
 
-	// A DaemonSet's replacement goes on the same node, which the scheduler
-	// refuses while the quarantined pod holds its host port: quarantine
-	// would take the node's agent down for the whole retention.
+	// A DaemonSet's replacement goes on the same node, where it cannot
+	// start while the quarantined pod holds its host port: quarantine would
+	// take the node's agent down for the whole retention.
 	t.Run("DaemonSet pod on a host port is evicted instead", func(t *testing.T) {
-		ctx := context.Background()
-		labels := map[string]string{"app": "port-agent"}
 		spec := nodeSpec()
 		spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: webPort, HostPort: 18089}}
-		ds := &appsv1.DaemonSet{
-			ObjectMeta: metav1.ObjectMeta{Name: "port-agent", Namespace: ns},
-			Spec: appsv1.DaemonSetSpec{
-				Selector: &metav1.LabelSelector{MatchLabels: labels},
-				Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: spec},
-			},
-		}
-		if _, err := c.Client().AppsV1().DaemonSets(ns).Create(ctx, ds, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = c.Client().AppsV1().DaemonSets(ns).Delete(context.Background(), ds.Name, metav1.DeleteOptions{})
-		})
-		pod := &waitReadyPods(t, ns, labels, 1, nil)[0]
-		ended := watchTermination(t, pod)
-		kubectlOK(t, aliceKubeconfig, "exec", "-n", ns, pod.Name, "-c", "app", "--", "true")
-		rec := waitRecord(t, pod)
-		if _, ok := ended(time.Until(rec.Deadline) + evictionTimeout + nodeGracePeriod*time.Second); !ok {
-			t.Fatal("the DaemonSet's pod was not removed")
-		}
+		pod := enterDaemonSet(t, ns, "port-agent", spec)
 		ev := waitEvents(t, pod, deleter.ReasonQuarantineNotPossible, 1)[0]
 		if !strings.Contains(ev.Message, "host port 18089") {
 			t.Errorf("%s event %q does not name the host port", deleter.ReasonQuarantineNotPossible, ev.Message)
@@ -496,10 +484,6 @@ func TestRemovalQuarantine(t *testing.T) {
 		waitEvents(t, pod, deleter.ReasonEvicted, 1)
 		if evs := events(t, pod, deleter.ReasonQuarantined); len(evs) != 0 {
 			t.Errorf("the DaemonSet's pod was quarantined: %+v", evs)
-		}
-		repl := waitReadyPods(t, ns, labels, 1, map[string]bool{string(pod.UID): true})[0]
-		if repl.Spec.NodeName != pod.Spec.NodeName {
-			t.Errorf("replacement on node %q, want %q", repl.Spec.NodeName, pod.Spec.NodeName)
 		}
 	})
 }
