@@ -2,14 +2,19 @@ package deleter
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/exec-reaper/exec-reaper/internal/kubetest"
@@ -122,4 +127,67 @@ func TestQuarantineForgedRecord(t *testing.T) {
 	if _, err := client.NetworkingV1().NetworkPolicies("ns").Get(ctx, q.NetworkPolicy, metav1.GetOptions{}); err != nil {
 		t.Errorf("NetworkPolicy: %v", err)
 	}
+}
+
+// slowAPI is an API whose reads and writes each take delay, and whose pod
+// patch never answers: it waits for its context to end.
+type slowAPI struct {
+	API
+	pod   *corev1.Pod
+	delay time.Duration
+	calls []string
+}
+
+func (s *slowAPI) wait(ctx context.Context, call string) error {
+	s.calls = append(s.calls, call)
+	select {
+	case <-time.After(s.delay):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *slowAPI) GetPod(ctx context.Context, _, _ string) (*corev1.Pod, error) {
+	if err := s.wait(ctx, "get"); err != nil {
+		return nil, err
+	}
+	return s.pod.DeepCopy(), nil
+}
+
+func (s *slowAPI) CreateNetworkPolicy(ctx context.Context, _ *networkingv1.NetworkPolicy) error {
+	return s.wait(ctx, "isolate")
+}
+
+func (s *slowAPI) PatchPod(ctx context.Context, _, _ string, _ types.PatchType, _ []byte) error {
+	s.calls = append(s.calls, "relabel")
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestQuarantineBoundedByItsTimeout: a slow API server cannot hold a worker
+// for longer than the quarantine's three calls are allowed together (three
+// evictions' time, 90 s), however that time is spread over them: the read and
+// the isolation take 40 s each, the relabel never answers, and Act returns
+// its error 90 s after it began, not later. (testing/synctest: the clock is
+// the bubble's, so the test takes no real time.)
+func TestQuarantineBoundedByItsTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "ns", UID: "uid-web", ResourceVersion: "7",
+			Labels: map[string]string{"app": "web"}}}
+		api := &slowAPI{pod: pod, delay: 40 * time.Second}
+		a := &Quarantiner{Client: api, Recorder: &notes{}, Clock: clock.RealClock{}, Retention: time.Hour}
+		start := time.Now()
+		res, err := a.Act(context.Background(), Target{Object: pod, Namespace: "ns", Name: "web-1", UID: "uid-web", Deadline: start, Kind: KindReplicated})
+		took := time.Since(start)
+		if err == nil || res.Taken || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Act = %+v, %v; want the relabel's deadline exceeded", res, err)
+		}
+		if want := 3 * evictTimeout; took != want {
+			t.Errorf("Act returned after %s, want %s (the three calls' shared bound)", took, want)
+		}
+		if got := strings.Join(api.calls, ","); got != "get,isolate,relabel" {
+			t.Errorf("calls %s, want get,isolate,relabel", got)
+		}
+	})
 }
