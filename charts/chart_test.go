@@ -758,6 +758,9 @@ func TestRBAC(t *testing.T) {
 		{name: "with policies", ns: gkNS, args: []string{"--set", "policies.install=true"}, leader: true},
 		{name: "Gatekeeper's CA from its Secret: that Secret, by name", ns: gkNS, args: []string{"--set", "gatekeeper.webhookConfiguration="}, leader: true, caSecret: true},
 		{name: "other namespace, Gatekeeper's CA from its Secret: a Role there", ns: "exec-reaper", args: []string{"--set", "gatekeeper.webhookConfiguration="}, leader: true, caSecret: true},
+		// helm upgrade --reuse-values from a release before the key: the
+		// Secret, as that release read it.
+		{name: "values without gatekeeper.webhookConfiguration: Gatekeeper's CA from its Secret", ns: gkNS, args: []string{"--set", "gatekeeper.webhookConfiguration=null"}, leader: true, caSecret: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			checkRBAC(t, render(t, tc.ns, tc.args...), tc.ns, expectedRBAC(tc.ns, tc.mode, tc.leader, tc.caSecret))

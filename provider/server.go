@@ -158,7 +158,7 @@ func (c *Config) Validate() error {
 			c.ShutdownTimeout, c.RecordTimeout)
 	}
 	if c.ClientCASecret != "" && c.ClientCAWebhookConfiguration != "" {
-		return errors.New("configuration error: Gatekeeper's CA is read from a Secret or from a webhook configuration, not both; set one of --client-ca-secret and --client-ca-webhook-configuration (chart: gatekeeper.webhookConfiguration takes precedence)")
+		return errors.New("configuration error: Gatekeeper's CA is read from a Secret or from a webhook configuration, not both; set one of --client-ca-secret and --client-ca-webhook-configuration")
 	}
 	if c.ClientCASecret != "" {
 		if _, _, err := tlscerts.SplitRef(c.ClientCASecret); err != nil {
