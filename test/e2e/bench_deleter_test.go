@@ -30,7 +30,6 @@ import (
 	"github.com/exec-reaper/exec-reaper/deleter"
 	"github.com/exec-reaper/exec-reaper/record"
 	"github.com/exec-reaper/exec-reaper/test/fixture"
-	"github.com/exec-reaper/exec-reaper/test/install"
 )
 
 // Sizes and bounds of the removal-at-scale benchmark. The whole of it takes
@@ -137,7 +136,7 @@ func newScale(b *testing.B, ns string) *scale {
 	b.Helper()
 	s := &scale{ns: ns, gone: map[string]time.Time{}}
 	s.admin = unlimitedClient(b, "")
-	kc, err := c.Kubeconfig("bench-provider", inst.ProviderUser, "system:serviceaccounts", "system:serviceaccounts:"+install.Namespace, "system:authenticated")
+	kc, err := c.Kubeconfig("bench-provider", inst.ProviderUser, "system:serviceaccounts", "system:serviceaccounts:"+inst.Namespace, "system:authenticated")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -316,7 +315,7 @@ func (s *scale) leader(b *testing.B) int {
 	b.Helper()
 	n := -1
 	poll(b, "a deleter to lead", scaleTimeout, func(ctx context.Context) (bool, error) {
-		lease, err := s.admin.CoordinationV1().Leases(install.Namespace).Get(ctx, "exec-reaper-deleter", metav1.GetOptions{})
+		lease, err := s.admin.CoordinationV1().Leases(inst.Namespace).Get(ctx, "exec-reaper-deleter", metav1.GetOptions{})
 		if err != nil || lease.Spec.HolderIdentity == nil {
 			return false, nil
 		}

@@ -20,7 +20,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/exec-reaper/exec-reaper/provider"
-	"github.com/exec-reaper/exec-reaper/test/install"
 )
 
 // providerClient dials the provider as Gatekeeper does: TLS 1.3, Gatekeeper's
@@ -32,7 +31,7 @@ func providerClient(b testing.TB) *http.Client {
 	if err != nil {
 		b.Fatal(err)
 	}
-	secret, err := c.Client().CoreV1().Secrets(install.Namespace).Get(context.Background(), inst.CertSecret, metav1.GetOptions{})
+	secret, err := c.Client().CoreV1().Secrets(inst.Namespace).Get(context.Background(), inst.CertSecret, metav1.GetOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,8 +9,6 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
-
-	"github.com/exec-reaper/exec-reaper/test/install"
 )
 
 // TestProviderPriorityLevel: the API server's priority and fairness puts the
@@ -45,7 +43,7 @@ func TestProviderPriorityLevel(t *testing.T) {
 		wantLevel  string
 	}{
 		{inst.ProviderUser, string(ours.UID), string(level.UID)},
-		{"system:serviceaccount:" + install.Namespace + ":someone-else", string(serviceAccounts.UID), ""},
+		{"system:serviceaccount:" + inst.Namespace + ":someone-else", string(serviceAccounts.UID), ""},
 	} {
 		schema, lvl := classify(t, tt.user)
 		if schema != tt.wantSchema || (tt.wantLevel != "" && lvl != tt.wantLevel) {
@@ -67,12 +65,12 @@ func classify(t *testing.T, user string) (flowSchema, priorityLevel string) {
 		t.Fatal(err)
 	}
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: user,
-		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + install.Namespace, "system:authenticated"}}
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + inst.Namespace, "system:authenticated"}}
 	hc, err := rest.HTTPClientFor(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := hc.Get(cfg.Host + "/api/v1/namespaces/" + install.Namespace + "/pods?limit=1")
+	resp, err := hc.Get(cfg.Host + "/api/v1/namespaces/" + inst.Namespace + "/pods?limit=1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,6 @@ import (
 
 	"github.com/exec-reaper/exec-reaper/internal/pki"
 	"github.com/exec-reaper/exec-reaper/test/cluster"
-	"github.com/exec-reaper/exec-reaper/test/install"
 )
 
 // TestGatekeeperCARotation: Gatekeeper's CA is replaced, as its
@@ -75,7 +74,7 @@ func TestGatekeeperCARotation(t *testing.T) {
 	// Gatekeeper still presents the old certificate.
 	setGatekeeperCABundle(t, append(append([]byte{}, oldCA...), ca2.CertPEM...))
 	waitClientCAs(t, 2, 0)
-	secrets := c.Client().CoreV1().Secrets(install.Namespace)
+	secrets := c.Client().CoreV1().Secrets(cluster.GatekeeperNamespace)
 	s, err := secrets.Get(ctx, "gatekeeper-webhook-server-cert", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)

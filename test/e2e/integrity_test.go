@@ -25,7 +25,6 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/exec-reaper/exec-reaper/record"
-	"github.com/exec-reaper/exec-reaper/test/install"
 )
 
 // longPrefix starts the namespaces where entries get a long ttl, so that
@@ -328,7 +327,7 @@ func TestGuardBoundsTheProvider(t *testing.T) {
 	ns := longNamespace(t, "provider-bounds")
 	pod, rec := recordedPod(t, ns, "bounded")
 	provider := actor{name: "provider", status: true,
-		client: clientFor(t, "provider-as-attacker", inst.ProviderUser, "system:serviceaccounts", "system:serviceaccounts:"+install.Namespace, "system:authenticated")}
+		client: clientFor(t, "provider-as-attacker", inst.ProviderUser, "system:serviceaccounts", "system:serviceaccounts:"+inst.Namespace, "system:authenticated")}
 	earlier := strconv.FormatInt(rec.Deadline.Add(-time.Minute).Unix(), 10)
 	refused := map[string]map[string]any{
 		"take the pod out of its Service": metadata("labels", map[string]any{"app": "elsewhere"}),
@@ -405,7 +404,7 @@ func TestFreshRecordOverALiftedQuarantine(t *testing.T) {
 	ns := longNamespace(t, "relift")
 	pod, _ := recordedPod(t, ns, "relifted")
 	provider := actor{name: "provider", status: true,
-		client: clientFor(t, "provider-as-itself", inst.ProviderUser, "system:serviceaccounts", "system:serviceaccounts:"+install.Namespace, "system:authenticated")}
+		client: clientFor(t, "provider-as-itself", inst.ProviderUser, "system:serviceaccounts", "system:serviceaccounts:"+inst.Namespace, "system:authenticated")}
 	if err := provider.patch(pod, metadata("labels", map[string]any{record.ActionLabel: string(record.ActionQuarantine)})); err != nil {
 		t.Fatalf("the provider could not ask for quarantine: %v", err)
 	}

@@ -232,7 +232,7 @@ func TestReadinessWaitsForCABundle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), rolloutTimeout)
 	defer cancel()
 	const name = "exec-reaper-readiness"
-	secrets := c.Client().CoreV1().Secrets(install.Namespace)
+	secrets := c.Client().CoreV1().Secrets(inst.Namespace)
 	if _, err := secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +258,7 @@ func TestReadinessWaitsForCABundle(t *testing.T) {
 	// The chart grants reads and updates of its own Secret and Provider
 	// only, by name; grant this Secret and reads of this Provider now, and
 	// its updates later.
-	grantProvider(t, "Role", install.Namespace, name+"-secret", rbacv1.PolicyRule{
+	grantProvider(t, "Role", inst.Namespace, name+"-secret", rbacv1.PolicyRule{
 		APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{name}, Verbs: []string{"list", "watch", "update"},
 	})
 	grantProvider(t, "ClusterRole", "", name+"-provider-read", rbacv1.PolicyRule{
@@ -266,7 +266,7 @@ func TestReadinessWaitsForCABundle(t *testing.T) {
 	})
 
 	r, err := inst.StartProviderProcess(ctx, map[string]string{
-		"cert-secret":   install.Namespace + "/" + name,
+		"cert-secret":   inst.Namespace + "/" + name,
 		"provider-name": name,
 	})
 	if err != nil {

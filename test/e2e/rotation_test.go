@@ -32,7 +32,6 @@ import (
 
 	"github.com/exec-reaper/exec-reaper/record"
 	"github.com/exec-reaper/exec-reaper/test/cluster"
-	"github.com/exec-reaper/exec-reaper/test/install"
 )
 
 const rotationTimeout = 30 * time.Second
@@ -50,7 +49,7 @@ func TestCertificateRotation(t *testing.T) {
 	// eviction outlives its deadline, so it can count entries for as long as
 	// the test runs.
 	pod := guardedPod(t, ns, "counter")
-	secrets := c.Client().CoreV1().Secrets(install.Namespace)
+	secrets := c.Client().CoreV1().Secrets(inst.Namespace)
 	ctx := context.Background()
 
 	caBefore := providerCABundle(t)
@@ -272,15 +271,15 @@ func TestProviderReadsOnlyItsSecrets(t *testing.T) {
 		allowed bool
 	}{
 		{"every Secret of the namespace", func() error {
-			_, err := client.CoreV1().Secrets(install.Namespace).List(ctx, metav1.ListOptions{})
+			_, err := client.CoreV1().Secrets(inst.Namespace).List(ctx, metav1.ListOptions{})
 			return err
 		}, false},
 		{"its own certificate's Secret, by name", func() error {
-			_, err := client.CoreV1().Secrets(install.Namespace).List(ctx, byName(inst.CertSecret))
+			_, err := client.CoreV1().Secrets(inst.Namespace).List(ctx, byName(inst.CertSecret))
 			return err
 		}, true},
 		{"Gatekeeper's CA Secret, by name", func() error {
-			_, err := client.CoreV1().Secrets(install.Namespace).List(ctx, byName("gatekeeper-webhook-server-cert"))
+			_, err := client.CoreV1().Secrets(cluster.GatekeeperNamespace).List(ctx, byName("gatekeeper-webhook-server-cert"))
 			return err
 		}, false},
 		{"Gatekeeper's webhook configuration, by name", func() error {
@@ -292,7 +291,7 @@ func TestProviderReadsOnlyItsSecrets(t *testing.T) {
 			return err
 		}, false},
 		{"another Secret, by name", func() error {
-			_, err := client.CoreV1().Secrets(install.Namespace).List(ctx, byName("someone-elses"))
+			_, err := client.CoreV1().Secrets(inst.Namespace).List(ctx, byName("someone-elses"))
 			return err
 		}, false},
 		{"every Provider", func() error {

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/exec-reaper/exec-reaper/record"
 	"github.com/exec-reaper/exec-reaper/test/cluster"
@@ -35,27 +36,43 @@ func oldGatekeeperDir(t *testing.T) string {
 
 // TestOldestGatekeeper installs exec-reaper from its chart, with the
 // chart's templates and constraints (policies.install), on a control plane
-// of its own running the oldest Gatekeeper the README claims, and shows
-// that kubectl apply accepts the templates (strict field validation: no
-// field of a newer ConstraintTemplate CRD), that an exec is recorded, and
-// that the chart's pre-delete hook command removes every exec-reaper
-// constraint, run as the hook's own ServiceAccount.
+// of its own running the oldest Gatekeeper the README claims, and runs the
+// chart's whole life there (chartLifecycle): kubectl apply accepts the
+// templates (strict field validation: no field of a newer ConstraintTemplate
+// CRD), an exec is recorded, the pod goes at its deadline, and the chart's
+// pre-delete hook removes every exec-reaper constraint.
 func TestOldestGatekeeper(t *testing.T) {
-	ctx := context.Background()
-	start := time.Now()
 	tools := cluster.DefaultTools()
 	tools.GatekeeperDir = oldGatekeeperDir(t)
-	oc, err := cluster.Start(ctx, cluster.Options{Tools: tools, Dir: t.TempDir(), Gatekeeper: true, GatekeeperPre323: true})
+	chartLifecycle(t, cluster.Options{Tools: tools, Gatekeeper: true, GatekeeperPre323: true}, install.DefaultNamespace)
+}
+
+// chartLifecycle starts a control plane of its own with copts, installs
+// exec-reaper from its chart into namespace ns with the chart's templates
+// and constraints (ttl shortened), and shows, as a user meets them: the
+// templates and constraints apply with kubectl; an exec by alice is
+// recorded, by the provider's ServiceAccount of ns, which the guard lets
+// write; nobody else may lift the record; the deleter (its Lease in ns)
+// evicts the pod at its deadline, not before; and the chart's pre-delete
+// hook command, run as the hook's own ServiceAccount, removes every
+// exec-reaper constraint. It returns the cluster and the install.
+func chartLifecycle(t *testing.T, copts cluster.Options, ns string) (*cluster.Cluster, *install.Install) {
+	t.Helper()
+	const ttl = 6 * time.Second
+	ctx := context.Background()
+	start := time.Now()
+	copts.Dir = t.TempDir()
+	oc, err := cluster.Start(ctx, copts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = oc.Stop() })
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("old Gatekeeper cluster logs:\n%s", oc.Logs())
+			t.Logf("cluster logs:\n%s", oc.Logs())
 		}
 	})
-	t.Logf("control plane with Gatekeeper %s up in %s", filepath.Base(tools.GatekeeperDir), time.Since(start).Round(time.Millisecond))
+	t.Logf("control plane with Gatekeeper %s up in %s", filepath.Base(copts.Tools.GatekeeperDir), time.Since(start).Round(time.Millisecond))
 
 	root, err := filepath.Abs("../..")
 	if err != nil {
@@ -65,11 +82,11 @@ func TestOldestGatekeeper(t *testing.T) {
 	if helm == "" {
 		t.Fatal("EXEC_REAPER_HELM is not set")
 	}
-	oi, err := install.Setup(ctx, install.Options{Cluster: oc, RepoRoot: root, Helm: helm, DeleterReplicas: 1})
+	oi, err := install.Setup(ctx, install.Options{Cluster: oc, RepoRoot: root, Helm: helm, Namespace: ns, DeleterReplicas: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs, err := oi.Render(ctx, "policies.install=true", "policies.notice=false")
+	objs, err := oi.Render(ctx, "policies.install=true", "policies.notice=false", "policies.ttl="+ttl.String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,27 +130,59 @@ func TestOldestGatekeeper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	w, err := fixture.WatchPod(ctx, cs, pod, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
 	// Gatekeeper enforces a constraint a moment after it is created: exec
 	// until one is recorded.
 	var rec record.Record
-	pollCluster(t, "an exec recorded under the old Gatekeeper", 60*time.Second, func(ctx context.Context) bool {
+	var recorded *corev1.Pod
+	pollCluster(t, "an exec recorded", 60*time.Second, func(ctx context.Context) bool {
 		cctx, cancel := context.WithTimeout(ctx, commandTimeout)
 		defer cancel()
 		_, stderr, err := oc.Kubectl(cctx, aliceKC, "exec", "-n", "shop", "web", "-c", "app", "--", "sh")
 		if err != nil && !noNode.MatchString(stderr) {
+			if ctx.Err() != nil {
+				return false // the poll's time is up; it says so
+			}
 			t.Fatalf("exec failed for an unexpected reason: %v", err)
 		}
-		p, err := cs.CoreV1().Pods("shop").Get(ctx, pod.Name, metav1.GetOptions{})
+		recorded, err = cs.CoreV1().Pods("shop").Get(ctx, pod.Name, metav1.GetOptions{})
 		if err != nil {
 			return false
 		}
-		rec, err = record.Read(p.Labels, p.Annotations)
+		rec, err = record.Read(recorded.Labels, recorded.Annotations)
 		return err == nil
 	})
-	if rec.First.User != alice || rec.First.Operation != record.OpExec {
-		t.Errorf("entry %+v", rec.First)
+	if rec.First.User != alice || rec.First.Operation != record.OpExec || rec.PodUID != pod.UID {
+		t.Errorf("record %+v, want alice's exec into pod %s", rec, pod.UID)
 	}
 	t.Logf("exec recorded %s after start", time.Since(start).Round(time.Millisecond))
+
+	// The guard lets the provider of this release write and no one else:
+	// the cluster's admin may not lift the record.
+	lift := []byte(`{"metadata":{"labels":{"` + record.DeadlineLabel + `":null}}}`)
+	_, err = cs.CoreV1().Pods("shop").Patch(ctx, pod.Name, types.MergePatchType, lift, metav1.PatchOptions{}, "status")
+	if err == nil || !strings.Contains(err.Error(), guardDenied) {
+		t.Fatalf("the admin lifting the record through pods/status: %v, want the guard's refusal", err)
+	}
+
+	// The deleter takes the pod at its deadline, not before.
+	tm, err := w.Until(ctx, time.Until(rec.Deadline)+30*time.Second, fixture.Marked)
+	if err != nil {
+		t.Fatalf("pod not evicted by 30 s after its deadline %s: %v", rec.Deadline.Format(time.RFC3339), err)
+	}
+	if lag := tm.Gone().Sub(rec.Deadline); lag < 0 || lag > 5*time.Second {
+		t.Errorf("pod went %s after its deadline, want 0 to 5 s", lag)
+	} else {
+		t.Logf("pod evicted %s after its deadline", lag.Round(time.Millisecond))
+	}
+	lease, err := cs.CoordinationV1().Leases(ns).Get(ctx, "exec-reaper-deleter", metav1.GetOptions{})
+	if err != nil || lease.Spec.HolderIdentity == nil {
+		t.Errorf("deleter Lease in %s: %v, %+v", ns, err, lease)
+	}
 
 	// The pre-delete hook, run as Helm would run it: its ServiceAccount and
 	// RBAC, then the Job's command as that ServiceAccount.
@@ -163,6 +212,7 @@ func TestOldestGatekeeper(t *testing.T) {
 		}
 	}
 	t.Logf("whole test %s", time.Since(start).Round(time.Millisecond))
+	return oc, oi
 }
 
 // runHook runs the hook Job's container command as the Job's ServiceAccount,

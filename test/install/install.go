@@ -34,8 +34,9 @@ import (
 	"github.com/exec-reaper/exec-reaper/test/cluster"
 )
 
-// Namespace is where the chart installs by default: Gatekeeper's.
-const Namespace = cluster.GatekeeperNamespace
+// DefaultNamespace is where the chart installs unless Options.Namespace
+// says otherwise: Gatekeeper's, as the README's install commands do.
+const DefaultNamespace = cluster.GatekeeperNamespace
 
 // Timeouts for the steps of Setup.
 const (
@@ -52,6 +53,9 @@ type Options struct {
 	RepoRoot string
 	// Helm is the helm binary.
 	Helm string
+	// Namespace is the release namespace (DefaultNamespace when empty); one
+	// that does not exist is created, as helm install --create-namespace does.
+	Namespace string
 	// Values are extra `helm template --set` values.
 	Values []string
 	// DeleterReplicas is how many deleter processes run (leader election picks one).
@@ -71,6 +75,8 @@ type Install struct {
 	dir     string
 	objects []*unstructured.Unstructured
 
+	// Namespace is the release namespace.
+	Namespace string
 	// ProviderName is the Provider object's name.
 	ProviderName string
 	// CertSecret is the Secret (in Namespace) holding the provider's
@@ -118,7 +124,10 @@ func Setup(ctx context.Context, opts Options) (*Install, error) {
 	if opts.ProviderReplicas == 0 {
 		opts.ProviderReplicas = 1
 	}
-	i := &Install{opts: opts, c: opts.Cluster, dir: filepath.Join(opts.Cluster.Dir, "exec-reaper")}
+	if opts.Namespace == "" {
+		opts.Namespace = DefaultNamespace
+	}
+	i := &Install{opts: opts, c: opts.Cluster, Namespace: opts.Namespace, dir: filepath.Join(opts.Cluster.Dir, "exec-reaper")}
 	i.binDir = filepath.Join(i.dir, "bin")
 	steps := []struct {
 		what string
@@ -167,6 +176,9 @@ func (i *Install) applyChart(ctx context.Context) error {
 	if err := i.gatekeeperCASecret(ctx); err != nil {
 		return err
 	}
+	if err := i.createNamespace(ctx); err != nil {
+		return err
+	}
 
 	var now, dryRun []*unstructured.Unstructured
 	for _, o := range i.objects {
@@ -204,7 +216,7 @@ func (i *Install) applyChart(ctx context.Context) error {
 // extra ones given, and returns the objects.
 func (i *Install) Render(ctx context.Context, values ...string) ([]*unstructured.Unstructured, error) {
 	args := append([]string{"template", "exec-reaper", filepath.Join(i.opts.RepoRoot, "charts", "exec-reaper"),
-		"--namespace", Namespace}, setFlags(append(slices.Clone(i.opts.Values), values...))...)
+		"--namespace", i.Namespace}, setFlags(append(slices.Clone(i.opts.Values), values...))...)
 	out, err := exec.CommandContext(ctx, i.opts.Helm, args...).Output()
 	if err != nil {
 		var ee *exec.ExitError
@@ -270,8 +282,8 @@ func (i *Install) takeArgs(d *unstructured.Unstructured) error {
 		cmd = append(cmd, v...)
 	}
 	joined := strings.Join(cmd, " ")
-	user := "system:serviceaccount:" + Namespace + ":" + sa
-	kubeconfig, err := i.c.Kubeconfig(sa, user, "system:serviceaccounts", "system:serviceaccounts:"+Namespace, "system:authenticated")
+	user := "system:serviceaccount:" + i.Namespace + ":" + sa
+	kubeconfig, err := i.c.Kubeconfig(sa, user, "system:serviceaccounts", "system:serviceaccounts:"+i.Namespace, "system:authenticated")
 	if err != nil {
 		return err
 	}
@@ -336,10 +348,20 @@ func (i *Install) gatekeeperCASecret(ctx context.Context) error {
 		data[f] = b
 	}
 	s := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "gatekeeper-webhook-server-cert", Namespace: Namespace},
+		ObjectMeta: metav1.ObjectMeta{Name: "gatekeeper-webhook-server-cert", Namespace: cluster.GatekeeperNamespace},
 		Data:       data,
 	}
-	_, err := i.c.Client().CoreV1().Secrets(Namespace).Create(ctx, s, metav1.CreateOptions{})
+	_, err := i.c.Client().CoreV1().Secrets(cluster.GatekeeperNamespace).Create(ctx, s, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return nil
+	}
+	return err
+}
+
+// createNamespace creates the release namespace unless it exists.
+func (i *Install) createNamespace(ctx context.Context) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: i.Namespace}}
+	_, err := i.c.Client().CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		return nil
 	}
@@ -381,7 +403,7 @@ func (i *Install) StartDeleterWith(ctx context.Context, n int, extra map[string]
 		"probe-addr": i.DeleterProbes[n],
 		"v":          "1",
 	}
-	env := []string{"POD_NAMESPACE=" + Namespace, "POD_NAME=" + name}
+	env := []string{"POD_NAMESPACE=" + i.Namespace, "POD_NAME=" + name}
 	maps.Copy(flags, extra)
 	args := override(i.deleterArgs, flags)
 	p, err := i.c.StartProcess(ctx, name, append([]string{filepath.Join(i.binDir, "exec-reaper-deleter")}, args...), env)
