@@ -285,6 +285,20 @@ func TestGuardKeepsRecords(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), guardDenied) || !strings.Contains(err.Error(), "only exec-reaper's provider writes it") {
 		t.Fatalf("node's annotation change: want the guard's refusal, got %v", err)
 	}
+	// The refusal names what the update touched, each key once, labels apart
+	// from annotations (the record has a label and an annotation of the same
+	// name).
+	for _, want := range []struct {
+		attack, says string
+	}{
+		{"unbind by the pod-uid annot.", "(this update touches annotations " + record.PodUIDAnnotation + ")"},
+		{"strip the deadline label", "(this update touches labels " + record.DeadlineLabel + ")"},
+	} {
+		err := actors[4].patch(pod, attacks(rec)[want.attack])
+		if err == nil || !strings.Contains(err.Error(), want.says) {
+			t.Errorf("%s: the refusal should say %q, got %v", want.attack, want.says, err)
+		}
+	}
 	// Other changes to a recorded pod are not the guard's business.
 	if err := actors[0].patch(pod, metadata("annotations", map[string]any{"example.com/note": "fine"})); err != nil {
 		t.Fatalf("patch pods/status of an unrelated annotation: %v", err)
