@@ -28,7 +28,8 @@ const (
 	ReasonQuarantineNotAllowed = "ExecReaperQuarantineNotAllowed"
 	// ReasonQuarantineNotPossible: quarantine would take a replica down (a
 	// StatefulSet's pod, or a DaemonSet's on host ports or the host's
-	// network); the pod is evicted instead.
+	// network), or the API server refused its NetworkPolicy or relabel (an
+	// admission policy, RBAC); the pod is evicted instead.
 	ReasonQuarantineNotPossible = "ExecReaperQuarantineNotPossible"
 )
 

@@ -530,9 +530,9 @@ func (c *Controller) act(ctx context.Context, pod *metav1.PartialObjectMetadata,
 	res, err := action.Act(ctx, t)
 	if np := (*quarantineNotPossibleError)(nil); errors.As(err, &np) {
 		if c.once(ReasonQuarantineNotPossible, t.UID) {
-			log.Info("Evicting instead of quarantining: the pod's replacement could not run beside it", "why", np.why)
+			log.Info("Evicting instead of quarantining", "why", np.why)
 			c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonQuarantineNotPossible, "Evict",
-				"exec-reaper evicts this pod instead of quarantining it: %s, so quarantine would take the replica down until the retention ends", np.why)
+				"exec-reaper evicts this pod instead of quarantining it: %s", np.why)
 		}
 		res, err = c.evict.Act(ctx, t)
 	}

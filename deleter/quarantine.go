@@ -123,7 +123,7 @@ func (a *Quarantiner) Act(ctx context.Context, t Target) (Result, error) {
 		return a.retain(ctx, t, q)
 	}
 	if why := replacementBlocked(pod); why != "" {
-		return Result{}, &quarantineNotPossibleError{why: why}
+		return Result{}, &quarantineNotPossibleError{why: why + ", so quarantine would take the replica down until the retention ends"}
 	}
 	now := a.Clock.Now()
 	q := Quarantine{At: now.UTC().Truncate(time.Second), Until: now.Add(a.Retention).UTC().Truncate(time.Second),
@@ -156,6 +156,11 @@ func (a *Quarantiner) Act(ctx context.Context, t Target) (Result, error) {
 	switch {
 	case apierrors.IsNotFound(err):
 		return Result{}, nil
+	case refused(err):
+		// E.g. a policy that requires labels on every pod: the relabel can
+		// never succeed. The NetworkPolicy selects a label the pod never
+		// got and goes with the pod (its owner).
+		return Result{}, &quarantineNotPossibleError{why: fmt.Sprintf("the API server refused to relabel it (%v)", err)}
 	case err != nil:
 		evictionsTotal.WithLabelValues("error").Inc()
 		return Result{}, fmt.Errorf("relabelling %s/%s to quarantine it: %w", t.Namespace, t.Name, err)
@@ -170,11 +175,12 @@ func (a *Quarantiner) Act(ctx context.Context, t Target) (Result, error) {
 
 // quarantineNotPossibleError is a pod that quarantine would take out of
 // service until its retention ends, because its controller cannot run its
-// replacement beside it. The controller evicts such a pod instead.
+// replacement beside it, or that the API server will not let the deleter
+// quarantine. The controller evicts such a pod instead.
 type quarantineNotPossibleError struct{ why string }
 
 func (e *quarantineNotPossibleError) Error() string {
-	return "quarantine would take the pod's replica down: " + e.why
+	return "the pod cannot be quarantined: " + e.why
 }
 
 // replacementBlocked says why pod's controller could not run a replacement
@@ -226,10 +232,21 @@ func (a *Quarantiner) isolate(ctx context.Context, pod *corev1.Pod, name string)
 		},
 	}
 	err := a.Client.CreateNetworkPolicy(ctx, np)
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating NetworkPolicy %s/%s to isolate the pod: %w", pod.Namespace, name, err)
+	switch {
+	case err == nil, apierrors.IsAlreadyExists(err):
+		return nil
+	case refused(err):
+		return &quarantineNotPossibleError{why: fmt.Sprintf("the API server refused the NetworkPolicy that would isolate it (%v)", err)}
 	}
-	return nil
+	return fmt.Errorf("creating NetworkPolicy %s/%s to isolate the pod: %w", pod.Namespace, name, err)
+}
+
+// refused says whether err is the API server turning a request down for
+// good (RBAC, an admission policy or webhook, validation), which no retry of
+// the same request mends; a quarantine so refused becomes an eviction, or
+// the pod would stay in service past its deadline.
+func refused(err error) bool {
+	return apierrors.IsForbidden(err) || apierrors.IsInvalid(err) || apierrors.IsBadRequest(err)
 }
 
 // retain waits for the end of q's retention, then deletes the pod.

@@ -12,7 +12,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/deleter"
@@ -434,5 +437,42 @@ func TestQuarantineThatWouldTakeTheReplicaDown(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestQuarantineRefusedBecomesEviction: where the API server refuses the
+// quarantine for good (an admission policy that requires labels on every
+// pod refuses the relabel; one that forbids NetworkPolicies refuses the
+// isolation), the pod is evicted at its deadline with a Warning saying why,
+// not retried as a quarantine while it stays in service.
+func TestQuarantineRefusedBecomesEviction(t *testing.T) {
+	denied := apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "entered",
+		errors.New(`admission webhook "validation.gatekeeper.sh" denied the request: [require-team-label] you must provide labels: {"team"}`))
+	for _, c := range []struct {
+		name, verb, resource string
+		err                  error
+		why                  string
+	}{
+		{"relabel forbidden", "patch", "pods", denied, "the API server refused to relabel it"},
+		{"relabel invalid", "patch", "pods", apierrors.NewInvalid(schema.GroupKind{Kind: "Pod"}, "entered", nil), "the API server refused to relabel it"},
+		{"network policy forbidden", "create", "networkpolicies", denied, "the API server refused the NetworkPolicy"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			pod := recordedPod("entered", "uid-entered", epoch.Add(-time.Second))
+			pod.Labels[record.ActionLabel] = string(record.ActionQuarantine)
+			h := newHarness(t, deleter.Options{Action: deleter.ActionQuarantine}, pod)
+			h.client.PrependReactor(c.verb, c.resource, func(a clienttesting.Action) (bool, runtime.Object, error) {
+				return true, nil, c.err
+			})
+			h.start()
+			eventually(t, "the pod evicted", func() bool { return len(h.evictions("entered")) == 1 })
+			evs := h.events.about("entered", deleter.ReasonQuarantineNotPossible)
+			if len(evs) != 1 || !strings.Contains(evs[0].Note, c.why) || !strings.Contains(evs[0].Note, c.err.Error()) {
+				t.Errorf("events = %+v, want one Warning saying %q and the API server's error", evs, c.why)
+			}
+			if evs := h.events.about("entered", deleter.ReasonQuarantined); len(evs) != 0 {
+				t.Errorf("quarantined: %+v", evs)
+			}
+		})
 	}
 }
