@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
 
 	"github.com/exec-reaper/exec-reaper/record"
 )
@@ -36,7 +37,10 @@ const (
 	ReasonEvictionRefused = "ExecReaperEvictionRefused"
 	ReasonWouldEvict      = "ExecReaperWouldEvict"
 	ReasonInvalidRecord   = "ExecReaperInvalidRecord"
-	ReasonGuardMissing    = "ExecReaperGuardMissing"
+	// ReasonTerminationOutlivesDeadline: a recorded pod began terminating
+	// before its deadline with a grace period that ends well after it.
+	ReasonTerminationOutlivesDeadline = "ExecReaperTerminationOutlivesDeadline"
+	ReasonGuardMissing                = "ExecReaperGuardMissing"
 )
 
 // evictTimeout bounds one Eviction call, so a slow API server cannot hold a
@@ -225,7 +229,8 @@ func NewController(client API, informer cache.SharedIndexInformer, clk clock.Wit
 		opts:     opts,
 		guard:    &guard{client: client, name: opts.GuardPolicy, clock: clk},
 		told: map[string]*sync.Map{ReasonMirrorPod: {}, ReasonPaced: {}, ReasonEvictionImpossible: {},
-			ReasonQuarantineNotAllowed: {}, ReasonQuarantineNotPossible: {}, ReasonInvalidRecord: {}},
+			ReasonQuarantineNotAllowed: {}, ReasonQuarantineNotPossible: {}, ReasonInvalidRecord: {},
+			ReasonTerminationOutlivesDeadline: {}},
 	}
 	if !opts.DryRun {
 		c.evict = &Evict{Client: client, Recorder: recorder}
@@ -449,10 +454,13 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (time.Durat
 	if err != nil {
 		return 0, err
 	}
-	if pod.DeletionTimestamp != nil {
-		return 0, nil // already going
-	}
 	deadline, uid, err := record.Binding(pod.Labels, pod.Annotations)
+	if pod.DeletionTimestamp != nil {
+		if err == nil && uid == pod.UID && outlives(pod, deadline) {
+			return c.outlived(ctx, pod, deadline)
+		}
+		return 0, nil // already going, by its deadline
+	}
 	switch {
 	case errors.Is(err, record.ErrNoRecord):
 		return 0, nil // the record was removed
@@ -493,6 +501,43 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (time.Durat
 	}
 	c.held.Delete(uid)
 	return c.act(ctx, pod, Target{Object: pod, Namespace: pod.Namespace, Name: pod.Name, UID: uid, Deadline: deadline, Kind: Classify(pod)})
+}
+
+// outlivedSlack is how long past its deadline the termination of a pod may
+// end, when that termination began before the deadline, before the pod
+// counts as outliving its deadline. (One begun at or after the deadline, the
+// deleter's own eviction among them, is the pod's removal, with its grace
+// period.)
+const outlivedSlack = time.Minute
+
+// outlives says whether pod, terminating, began its termination before
+// deadline and ends it more than outlivedSlack after: deleted with a long
+// grace period (its own terminationGracePeriodSeconds, or any a requester
+// chose), which a container that ignores SIGTERM runs to its end.
+func outlives(pod *metav1.PartialObjectMetadata, deadline time.Time) bool {
+	end := pod.DeletionTimestamp.Time
+	began := end.Add(-time.Duration(ptr.Deref(pod.DeletionGracePeriodSeconds, 0)) * time.Second)
+	return began.Before(deadline) && end.After(deadline.Add(outlivedSlack))
+}
+
+// outlived reports, once, a recorded pod whose termination outlives its
+// deadline, once the deadline has passed. Nothing makes it go sooner: the
+// Eviction API succeeds on a terminating pod and changes nothing, and a
+// delete with a shorter grace period, which the API server accepts, was not
+// acted on by the kubelet (kubelet v1.36.3, containerd v2.4.2: the container
+// ran on for minutes with deletionGracePeriodSeconds 1). It counts in the
+// overdue gauge, so the alert fires.
+func (c *Controller) outlived(ctx context.Context, pod *metav1.PartialObjectMetadata, deadline time.Time) (time.Duration, error) {
+	if left := deadline.Sub(c.clock.Now()); left > 0 {
+		return left, nil
+	}
+	if c.once(ReasonTerminationOutlivesDeadline, pod.UID) {
+		klog.FromContext(ctx).Info("Terminating past its deadline", "deadline", deadline, "terminatingUntil", pod.DeletionTimestamp.Time)
+		c.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonTerminationOutlivesDeadline, "Evict",
+			"exec-reaper cannot remove this pod at its deadline %s: it was already terminating, with a grace period that ends at %s (a delete with a long grace period; a container that ignores SIGTERM runs all of it). An eviction changes nothing, and the kubelet does not act on a shorter grace period while a termination runs. If it must go sooner, stop its container on the node",
+			deadline.UTC().Format(time.RFC3339), pod.DeletionTimestamp.UTC().Format(time.RFC3339))
+	}
+	return 0, nil
 }
 
 // act removes a due pod the way its kind and its owner allow: mirror pods
@@ -605,23 +650,24 @@ func (c *Controller) escalation() string {
 }
 
 // overdue counts the recorded pods past their deadline that still exist, are
-// not terminating, and were not taken (evicted, not yet seen terminating; or
-// quarantined on purpose): what an alert watches.
+// not terminating (or terminate past their deadline, see outlives), and were
+// not taken (evicted, not yet seen terminating; or quarantined on purpose):
+// what an alert watches.
 func (c *Controller) overdue() float64 {
 	list, _ := c.pods.List(labels.Everything()) // a cache read; never fails.
 	now := c.clock.Now()
 	n := 0
 	for _, pod := range list {
-		if pod.DeletionTimestamp != nil {
+		deadline, uid, err := record.Binding(pod.Labels, pod.Annotations)
+		if pod.DeletionTimestamp != nil && (err != nil || !outlives(pod, deadline)) {
 			continue
 		}
-		if _, taken := c.evicted.Load(pod.UID); taken {
+		if _, taken := c.evicted.Load(pod.UID); taken && pod.DeletionTimestamp == nil {
 			continue // going, or quarantined on purpose
 		}
 		if _, quarantined := ReadQuarantine(pod.Annotations); quarantined {
 			continue
 		}
-		deadline, uid, err := record.Binding(pod.Labels, pod.Annotations)
 		if err == nil && uid == pod.UID && now.After(deadline) {
 			n++
 		}
@@ -636,7 +682,7 @@ func (c *Controller) RegisterMetrics(reg prometheus.Registerer) {
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "exec_reaper_deleter_overdue_pods",
-			Help: "Recorded pods past their deadline that still exist and are not terminating (held by a budget, pacing, a missing guard, a mirror pod, or errors).",
+			Help: "Recorded pods past their deadline that still exist and are not terminating, or terminate past it (held by a budget, pacing, a missing guard, a mirror pod, a long grace period, or errors).",
 		}, c.overdue),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "exec_reaper_deleter_paced_pods",

@@ -415,6 +415,64 @@ func TestEvictsAtDeadlineNotBefore(t *testing.T) {
 	}
 }
 
+// TestTerminationThatOutlivesTheDeadline: a recorded pod that began
+// terminating before its deadline, with a grace period that ends an hour
+// after it (a delete with a long grace period, which a container that ignores
+// SIGTERM runs to its end), cannot be made to go sooner: at its deadline, not
+// before, the deleter says so once in a Warning and counts it overdue, so the
+// alert fires; it evicts and deletes nothing. A termination that ends within
+// a minute of the deadline, or one begun at the deadline (an eviction's, with
+// the pod's own long grace period), is the pod's removal: no Warning.
+func TestTerminationThatOutlivesTheDeadline(t *testing.T) {
+	deadline := epoch.Add(time.Minute)
+	terminating := func(name string, began time.Time, grace time.Duration) *corev1.Pod {
+		p := recordedPod(name, types.UID("uid-"+name), deadline)
+		p.DeletionTimestamp = ptr.To(metav1.NewTime(began.Add(grace)))
+		p.DeletionGracePeriodSeconds = ptr.To(int64(grace / time.Second))
+		return p
+	}
+	slow := terminating("slow", epoch, time.Hour+time.Minute)
+	soon := terminating("soon", epoch.Add(30*time.Second), time.Minute)
+	evicted := terminating("evicted", deadline, time.Hour)
+	h := newHarness(t, deleter.Options{}, slow, soon, evicted)
+	h.start()
+
+	h.waitDelayed()
+	h.clock.Step(59 * time.Second)
+	h.update("slow", func(p *metav1.PartialObjectMetadata) { p.Annotations["example.com/touched"] = "true" })
+	h.drain()
+	if evs := h.events.about("slow", deleter.ReasonTerminationOutlivesDeadline); len(evs) != 0 {
+		t.Fatalf("a Warning before the deadline: %+v", evs)
+	}
+	h.clock.Step(time.Second)
+	eventually(t, "the Warning at the deadline", func() bool {
+		return len(h.events.about("slow", deleter.ReasonTerminationOutlivesDeadline)) > 0
+	})
+	h.update("slow", func(p *metav1.PartialObjectMetadata) { p.Annotations["example.com/touched"] = "again" })
+	h.drain()
+	evs := h.events.about("slow", deleter.ReasonTerminationOutlivesDeadline)
+	if len(evs) != 1 || evs[0].Type != corev1.EventTypeWarning || !strings.Contains(evs[0].Note, slow.DeletionTimestamp.UTC().Format(time.RFC3339)) {
+		t.Errorf("events = %+v, want one Warning naming when the termination ends", evs)
+	}
+	for _, name := range []string{"soon", "evicted"} {
+		if evs := h.events.about(name, ""); len(evs) != 0 {
+			t.Errorf("%s: events %+v, want none", name, evs)
+		}
+	}
+	for _, name := range []string{"slow", "soon", "evicted"} {
+		if got := h.evictions(name); len(got) != 0 {
+			t.Errorf("evictions of %s = %v, want none", name, got)
+		}
+	}
+	if got := deletions(h); len(got) != 0 {
+		t.Errorf("deletions = %v, want none", got)
+	}
+	h.clock.Step(time.Second) // past the deadline
+	if got := h.counter(overdueMetric); got != 1 {
+		t.Errorf("%s = %v, want 1 (slow)", overdueMetric, got)
+	}
+}
+
 func TestEvictsOverduePodPromptly(t *testing.T) {
 	for _, tc := range []struct {
 		name     string

@@ -90,6 +90,8 @@ func StripPod(obj any) (any, error) {
 			UID:               pod.UID,
 			ResourceVersion:   pod.ResourceVersion,
 			DeletionTimestamp: pod.DeletionTimestamp,
+			// With the timestamp, when the termination began (outlives).
+			DeletionGracePeriodSeconds: pod.DeletionGracePeriodSeconds,
 		},
 	}
 	out.Labels = keep(pod.Labels, nil, record.DeadlineLabel, record.PodUIDLabel, record.ActionLabel)

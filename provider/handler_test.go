@@ -143,6 +143,10 @@ func TestHandlerRecords(t *testing.T) {
 	terminating := newPod(nil)
 	terminating.DeletionTimestamp = &metav1.Time{Time: t0.Add(30 * time.Second)}
 	terminating.Finalizers = []string{"example.com/hold"}
+	// Deleted with a grace period of two hours (the API server accepts any),
+	// which a container that ignores SIGTERM runs to its end.
+	terminatingPastTheDeadline := newPod(nil)
+	terminatingPastTheDeadline.DeletionTimestamp = &metav1.Time{Time: t0.Add(2 * time.Hour)}
 	conflicts := func(n int) func(*fake.Clientset) {
 		return func(cs *fake.Clientset) {
 			calls := 0
@@ -243,6 +247,15 @@ func TestHandlerRecords(t *testing.T) {
 			want: []item{{outcome: record.OutcomeRepeat, deadline: t0.Add(30 * time.Second)}},
 			// The watch cache's copy may be an earlier pod's: read again.
 			wantPatches: 0, wantGets: 2,
+		},
+		{
+			name:        "terminating pod that would outlive its deadline is recorded",
+			pod:         terminatingPastTheDeadline,
+			keys:        []string{keyFor(t, alice)},
+			want:        []item{{outcome: record.OutcomeFirst, deadline: t0.Add(time.Hour)}},
+			wantPatches: 1, wantGets: 2,
+			wantRecord: &record.Record{Deadline: t0.Add(time.Hour), PodUID: podUID, Entries: 1,
+				First: alice.Entry(t0), Last: alice.Entry(t0)},
 		},
 		{
 			name:        "conflict twice, then written",

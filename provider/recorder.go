@@ -280,14 +280,18 @@ func (r *Recorder) writeBatch(key types.NamespacedName, calls []*call, base *cor
 			pod, fromCache = nil, false
 			continue
 		}
-		if pod.DeletionTimestamp != nil {
-			// Already going: nothing to keep alive, but say when.
+		b := r.fold(ctx, pod, live)
+		if pod.DeletionTimestamp != nil && (b.deadline.IsZero() || !pod.DeletionTimestamp.After(b.deadline)) {
+			// Going by the deadline asked for: nothing to keep alive, but
+			// say when. A pod whose termination would outlive that deadline
+			// (a long grace period, which a container that ignores SIGTERM
+			// runs to its end) is recorded as any other, and the deleter
+			// shortens its termination at the deadline.
 			for _, c := range live {
 				c.settle(Result{Deadline: pod.DeletionTimestamp.UTC(), Outcome: outcome(c.req, record.OutcomeRepeat)}, nil)
 			}
 			return pod
 		}
-		b := r.fold(ctx, pod, live)
 		if b.patch == nil {
 			if fromBase || fromCache {
 				// Nothing to write proves nothing about a pod known only
@@ -443,6 +447,9 @@ type batch struct {
 	absent  []string
 	results []Result
 	notices []announcement
+	// deadline is the earliest deadline of the batch's entries that are
+	// not trial entries (zero if all are).
+	deadline time.Time
 	// setAnnotations are all the annotations the patch sets (annotations
 	// holds only those that prove a record kept; labels holds every label
 	// set): a pod that carries labels and setAnnotations, and lacks absent,
@@ -522,6 +529,7 @@ func (r *Recorder) fold(ctx context.Context, pod *corev1.Pod, calls []*call) bat
 			b.results[i].Deadline, b.results[i].Action = real, action
 		}
 	}
+	b.deadline = real
 	for i := range b.notices {
 		if b.notices[i].trial {
 			b.notices[i].deadline = trial
