@@ -285,8 +285,8 @@ func (r *Recorder) writeBatch(key types.NamespacedName, calls []*call, base *cor
 			// Going by the deadline asked for: nothing to keep alive, but
 			// say when. A pod whose termination would outlive that deadline
 			// (a long grace period, which a container that ignores SIGTERM
-			// runs to its end) is recorded as any other, and the deleter
-			// shortens its termination at the deadline.
+			// runs to its end) is recorded as any other; the deleter cannot
+			// make it go sooner, and says so at the deadline.
 			for _, c := range live {
 				c.settle(Result{Deadline: pod.DeletionTimestamp.UTC(), Outcome: outcome(c.req, record.OutcomeRepeat)}, nil)
 			}
